@@ -1,0 +1,36 @@
+# Tessera developer commands. `make run` and `make test` bootstrap a fresh machine by themselves.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+DEMO_Q ?= Mia has 12 shells. She finds 7 more. She gives away 3. She buys 5 more. How many shells does Mia have now?
+
+.PHONY: setup test lint bench sweep run train clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+test: setup
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+bench: setup
+	$(PY) -m models.bench text
+
+sweep: setup
+	$(PY) -m models.bench text --sweep --problems 40
+
+run: setup
+	$(PY) -m models.d2f "$(DEMO_Q)"
+
+train: setup
+	$(PY) -m models.training
+
+clean:
+	rm -rf $(VENV) bench-results .pytest_cache .ruff_cache

@@ -1,0 +1,63 @@
+"""The engine API on the embedded checkpoints: loading, generation, streaming, async cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from models.bench.text import AR, STUDENT, TEACHER
+from models.engine import TextEngine
+from models.sampling import SamplingParams
+from models.worlds import arith
+
+PARAMS = SamplingParams(max_tokens=128)
+
+
+@pytest.fixture(scope="module")
+def d2f() -> TextEngine:
+    return TextEngine(STUDENT, "d2f")
+
+
+def test_embedded_d2f_model_solves_heldout_problems_in_parallel(d2f: TextEngine) -> None:
+    probs = arith.problems("heldout", 8, seed=9)
+    outs = d2f.generate([p.question for p in probs], PARAMS)
+    assert sum(arith.score(p, c.text) for p, c in zip(probs, outs, strict=True)) >= 7
+    assert all(c.finish_reason == "stop" for c in outs)
+    assert sum(len(c.token_ids) for c in outs) / sum(c.forwards for c in outs) > 2.0
+
+
+@pytest.mark.parametrize("path,method", [(TEACHER, "vanilla"), (TEACHER, "fast-dllm"), (AR, "ar")])
+def test_baselines_load_through_the_same_loader_and_solve(path, method) -> None:
+    eng = TextEngine(path, method)
+    p = arith.problems("heldout", 1, seed=4)[0]
+    c = eng.generate([p.question], PARAMS)[0]
+    assert arith.score(p, c.text) == 1.0, c.text
+
+
+def test_stream_concatenates_to_generate(d2f: TextEngine) -> None:
+    q = arith.problems("heldout", 1, seed=5)[0].question
+    deltas = list(d2f.stream(q, PARAMS))
+    assert len([d for d in deltas if d.text]) > 1
+    assert "".join(d.text for d in deltas) == d2f.generate([q], PARAMS)[0].text
+    assert deltas[-1].finished
+
+
+def test_prompt_too_long_is_rejected(d2f: TextEngine) -> None:
+    with pytest.raises(ValueError, match="exceeds"):
+        list(d2f.stream("word " * 600, PARAMS))
+
+
+def test_async_stream_and_cancellation(d2f: TextEngine) -> None:
+    q = arith.problems("heldout", 1, seed=6)[0].question
+
+    async def first_then_cancel() -> tuple[str, str]:
+        got = []
+        async for d in d2f.astream(q, PARAMS):
+            got.append(d.text)
+            break  # closing the async generator cancels decoding
+        full = "".join([d.text async for d in d2f.astream(q, PARAMS)])
+        return got[0], full
+
+    first, full = asyncio.run(first_then_cancel())
+    assert first and full.startswith(first)

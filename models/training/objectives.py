@@ -1,0 +1,83 @@
+"""The three training objectives.
+
+- `masked_diffusion_loss`: LLaDA SFT. Mask each answer token with one ratio t ~ U(eps, 1) per
+  sample, full bidirectional attention, cross-entropy on masked tokens weighted by 1/t.
+- `d2f_distill_loss`: D2F asymmetric distillation (D2F-train/utils/loss.py). Answer blocks of 16
+  get monotonically increasing mask ratios; the student (LoRA on) sees the block-causal mask, the
+  teacher (same network, LoRA off) the full mask, both the same noisy sequence; soft-target CE on
+  masked tokens weighted by 1/ratio of the token's block.
+- `ar_loss`: next-token cross-entropy on the answer and its first EOS, causal mask.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from models.attention import causal_ids, mask_from_ids
+from models.lora import adapter_disabled
+from models.training.data import Batch
+from models.transformer import Transformer
+
+EPS = 1e-3
+
+
+def _answer_positions(batch: Batch) -> torch.Tensor:
+    pos = torch.arange(batch.ids.shape[1])
+    return pos[None, :] >= batch.prompt_len[:, None]
+
+
+def masked_diffusion_loss(model: Transformer, batch: Batch, gen: torch.Generator) -> torch.Tensor:
+    ids = batch.ids
+    b, length = ids.shape
+    answer = _answer_positions(batch)
+    t = (1 - EPS) * torch.rand(b, generator=gen) + EPS
+    masked = (torch.rand(b, length, generator=gen) < t[:, None]) & answer
+    noisy = torch.where(masked, model.config.mask_token_id, ids)
+    logits = model(noisy)
+    ce = F.cross_entropy(logits[masked], ids[masked], reduction="none")
+    weight = (1.0 / t)[:, None].expand(b, length)[masked]
+    return (ce * weight).sum() / answer.sum()
+
+
+def monotonic_ratios(b: int, num_blocks: int, gen: torch.Generator) -> torch.Tensor:
+    """Per-block mask ratios, non-decreasing across blocks: p0 in [0.2, 0.7), ending at <= 0.7."""
+    p0 = torch.rand(b, generator=gen) / 2 + 0.2
+    steps = torch.rand(b, max(num_blocks - 1, 0), generator=gen) * ((0.7 - p0) / max(num_blocks - 1, 1))[:, None]
+    ratios = torch.cat([p0[:, None], p0[:, None] + steps.cumsum(-1)], dim=1)
+    return ratios.clamp(max=1.0)
+
+
+def d2f_block_ids(prompt_len: torch.Tensor, length: int, block_size: int) -> torch.Tensor:
+    """[B, L] block ids for a batch with per-sample prompt lengths (prompt = block 0)."""
+    pos = torch.arange(length)[None, :]
+    gen = torch.div(pos - prompt_len[:, None], block_size, rounding_mode="floor") + 1
+    return torch.where(pos < prompt_len[:, None], torch.zeros_like(gen), gen)
+
+
+def d2f_distill_loss(model: Transformer, batch: Batch, gen: torch.Generator, block_size: int = 16) -> torch.Tensor:
+    ids = batch.ids
+    b, length = ids.shape
+    bid = d2f_block_ids(batch.prompt_len, length, block_size)
+    num_blocks = int(bid.max())
+    ratios = monotonic_ratios(b, num_blocks, gen)
+    answer = bid > 0
+    p_tok = torch.gather(ratios, 1, (bid - 1).clamp(min=0))
+    masked = (torch.rand(b, length, generator=gen) < p_tok) & answer
+    noisy = torch.where(masked, model.config.mask_token_id, ids)
+    with torch.no_grad(), adapter_disabled(model):
+        teacher = model(noisy)[masked].softmax(-1)
+    student = model(noisy, mask=mask_from_ids(bid, bid))[masked]
+    ce = F.cross_entropy(student, teacher, reduction="none")
+    return (ce / p_tok[masked]).mean()
+
+
+def ar_loss(model: Transformer, batch: Batch, gen: torch.Generator) -> torch.Tensor:
+    ids = batch.ids
+    length = ids.shape[1]
+    ids_c = causal_ids(length)
+    logits = model(ids[:, :-1], mask=mask_from_ids(ids_c[:-1], ids_c[:-1]))
+    tgt_pos = torch.arange(1, length)[None, :]
+    start = batch.prompt_len[:, None]
+    valid = (tgt_pos >= start) & (tgt_pos <= start + batch.answer_len[:, None])  # answer + first EOS
+    return F.cross_entropy(logits[valid], ids[:, 1:][valid])

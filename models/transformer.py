@@ -1,0 +1,120 @@
+"""The decoder transformer shared by the LLaDA, Dream and Qwen2 layouts.
+
+Pre-norm blocks: RMSNorm -> attention (RoPE, NeoX half rotation, optional GQA and q/k/v bias) ->
+residual -> RMSNorm -> SwiGLU -> residual. Module names here are layout-neutral; the loader maps
+each checkpoint layout's tensor names onto them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from models.attention import attend
+from models.config import ModelConfig
+from models.kv_cache import KVCache
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in float32 like both reference implementations, then cast back.
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+class Rotary(nn.Module):
+    def __init__(self, head_dim: int, theta: float, max_pos: int) -> None:
+        super().__init__()
+        inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+        freqs = torch.outer(torch.arange(max_pos, dtype=torch.float64), inv)
+        emb = torch.cat([freqs, freqs], dim=-1)
+        self.register_buffer("cos", emb.cos().float(), persistent=False)
+        self.register_buffer("sin", emb.sin().float(), persistent=False)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """x: [B, H, T, D]; positions: [T] or [B, T] absolute positions."""
+        cos, sin = self.cos[positions], self.sin[positions]
+        if positions.dim() == 2:
+            cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        half = x.shape[-1] // 2
+        rot = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+        return (x.float() * cos + rot.float() * sin).to(x.dtype)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        d, hd = cfg.hidden_size, cfg.head_dim
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, hd
+        self.attn_norm = RMSNorm(d, cfg.rms_norm_eps)
+        self.q_proj = nn.Linear(d, cfg.num_heads * hd, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(d, cfg.num_kv_heads * hd, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(d, cfg.num_kv_heads * hd, bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(cfg.num_heads * hd, d, bias=False)
+        self.mlp_norm = RMSNorm(d, cfg.rms_norm_eps)
+        self.gate_proj = nn.Linear(d, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(d, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, d, bias=False)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, rotary: Rotary, mask: torch.Tensor | None,
+                cache: KVCache | None, layer: int) -> torch.Tensor:
+        b, t, _ = x.shape
+        h = self.attn_norm(x)
+        q = self.q_proj(h).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(h).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(h).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = rotary(q, positions), rotary(k, positions)
+        if cache is not None:
+            k, v = cache.window(layer, k, v)
+        a = attend(q, k, v, mask).transpose(1, 2).reshape(b, t, -1)
+        x = x + self.o_proj(a)
+        h = self.mlp_norm(x)
+        return x + self.down_proj(nn.functional.silu(self.gate_proj(h)) * self.up_proj(h))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.embed = nn.Embedding(cfg.table_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.table_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.embed.weight
+        self.rotary = Rotary(cfg.head_dim, cfg.rope_theta, cfg.max_position_embeddings)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None, cache: KVCache | None = None, commit: int = 0,
+                last_only: bool = False) -> torch.Tensor:
+        """Logits [B, T, vocab] for a window of tokens.
+
+        input_ids: [B, T]. positions: absolute positions [T] or [B, T] (default: after the cache).
+        mask: boolean [B|1, 1, T, prefix+T] (True = may attend), None = attend to everything.
+        cache: prefix K/V; the window's K/V is written after it and the first `commit` window
+        positions are kept. last_only: compute logits for the final position only (AR decoding).
+        """
+        t = input_ids.shape[1]
+        if positions is None:
+            start = cache.length if cache is not None else 0
+            positions = torch.arange(start, start + t, device=input_ids.device)
+        x = self.embed(input_ids)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, positions, self.rotary, mask, cache, i)
+        if cache is not None and commit:
+            cache.commit(commit)
+        if last_only:
+            x = x[:, -1:]
+        logits = self.lm_head(self.norm(x))
+        return logits[..., : self.config.vocab_size]
+
+    def new_cache(self, batch: int, capacity: int) -> KVCache:
+        p = self.embed.weight
+        c = self.config
+        return KVCache(c.num_layers, batch, c.num_kv_heads, c.head_dim, capacity, p.dtype, p.device)
