@@ -1,16 +1,16 @@
 # Tessera developer commands. `make run` and `make test` bootstrap a fresh machine by themselves.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml sdk/pyproject.toml | cksum | cut -d' ' -f1)
 DEMO_Q ?= Mia has 12 shells. She finds 7 more. She gives away 3. She buys 5 more. How many shells does Mia have now?
 
-.PHONY: setup test lint bench sweep run train clean
+.PHONY: setup test lint bench sweep run demo train protos clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml sdk/pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev]' -e ./sdk
 	@rm -f $(VENV)/.installed-* && touch $@
 
 test: setup
@@ -27,7 +27,13 @@ sweep: setup
 	$(PY) -m models.bench text --sweep --problems 40
 
 run: setup
+	$(PY) -m services.stack
+
+demo: setup
 	$(PY) -m models.d2f "$(DEMO_Q)"
+
+protos: setup
+	$(PY) scripts/gen_protos.py
 
 train: setup
 	$(PY) -m models.training

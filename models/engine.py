@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -38,6 +39,10 @@ class Completion:
     @property
     def tokens_per_forward(self) -> float:
         return len(self.token_ids) / self.forwards if self.forwards else 0.0
+
+
+# Decoding steps run here so the event loop stays free; one thread per concurrent stream.
+_STEPS = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="tessera-decode")
 
 
 def tokenizer_dir(model_dir: Path) -> Path:
@@ -97,19 +102,19 @@ class TextEngine:
         """Stream without blocking the event loop; cancelling the consumer stops decoding
         after the current forward pass."""
         it = self.stream(prompt, params)
-        loop = asyncio.get_running_loop()
+        pending: concurrent.futures.Future[Any] | None = None
         sentinel = object()
-        fut: asyncio.Future[Any] | None = None
         try:
             while True:
-                fut = loop.run_in_executor(None, next, it, sentinel)
-                d = await fut
+                # A concurrent future (not run_in_executor's asyncio wrapper): cancelling the
+                # awaiting task must not mark the step as done while the thread still runs it.
+                pending = _STEPS.submit(next, it, sentinel)
+                d = await asyncio.wrap_future(pending)
                 if d is sentinel:
                     return
                 yield d
         finally:
-            # A step may still be running in the worker thread: close the generator once it ends.
-            if fut is not None and not fut.done():
-                fut.add_done_callback(lambda _: it.close())
+            if pending is not None and not pending.done():
+                pending.add_done_callback(lambda _: it.close())  # close once the running step ends
             else:
                 it.close()

@@ -61,3 +61,14 @@ def test_async_stream_and_cancellation(d2f: TextEngine) -> None:
 
     first, full = asyncio.run(first_then_cancel())
     assert first and full.startswith(first)
+
+
+def test_cli_streams_answer_and_reports_speed() -> None:
+    import subprocess
+    import sys
+
+    p = arith.problems("heldout", 1, seed=7)[0]
+    out = subprocess.run([sys.executable, "-m", "models.d2f", "--model", str(STUDENT), p.question],
+                         capture_output=True, text=True, timeout=120, check=True)
+    assert arith.score(p, out.stdout) == 1.0, out.stdout
+    assert "tokens/forward" in out.stderr and "tokens/s" in out.stderr

@@ -35,7 +35,7 @@ def _copy_tokenizer(src: Path, dst: Path) -> None:
         shutil.copy(src / f, dst / f)
 
 
-def train_teacher(out: Path, tok_dir: Path, steps: int) -> None:
+def train_teacher(out: Path, tok_dir: Path, steps: int, init: Path | None = None) -> None:
     tok = build_tokenizer(tok_dir)
     cfg = ModelConfig(layout="llada", vocab_size=tok.get_vocab_size(), embedding_size=512,
                       max_position_embeddings=512, rope_theta=10000.0,
@@ -43,8 +43,10 @@ def train_teacher(out: Path, tok_dir: Path, steps: int) -> None:
                       pad_token_id=tok.token_to_id(EOS_TOKEN), **SIZE)
     torch.manual_seed(0)
     model = Transformer(cfg)
-    stream = ProblemStream(tok, 32, seed=0)
-    train(model, stream, TrainConfig(steps=steps, lr=1e-3, seed=0),
+    if init is not None:  # continue from an earlier run (same config)
+        model.load_state_dict(load_model(init).state_dict())
+    stream = ProblemStream(tok, 32, seed=0 if init is None else 10)
+    train(model, stream, TrainConfig(steps=steps, lr=1e-3 if init is None else 5e-4, seed=0),
           functools.partial(masked_diffusion_loss, model), "teacher")
     save_model(model, out / TEACHER)
     _copy_tokenizer(tok_dir, out / TEACHER)
@@ -86,12 +88,13 @@ def main() -> None:
     ap.add_argument("--teacher-steps", type=int, default=3000)
     ap.add_argument("--student-steps", type=int, default=1500)
     ap.add_argument("--ar-steps", type=int, default=2000)
+    ap.add_argument("--teacher-init", type=Path, help="continue teacher training from this checkpoint")
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     todo = args.only or ["teacher", "student", "ar"]
     t0 = time.time()
     if "teacher" in todo:
-        train_teacher(args.out, args.out / "_tokenizer", args.teacher_steps)
+        train_teacher(args.out, args.out / "_tokenizer", args.teacher_steps, args.teacher_init)
     if "student" in todo:
         train_student(args.out, args.student_steps)
     if "ar" in todo:

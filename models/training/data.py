@@ -34,6 +34,12 @@ class Batch:
     ids: torch.Tensor  # [B, SEQ_LEN] prompt + answer + EOS padding
     prompt_len: torch.Tensor  # [B]
     answer_len: torch.Tensor  # [B] answer tokens, not counting EOS
+    valid_len: torch.Tensor  # [B] prompt + generation canvas; positions past it are padding
+
+    def key_mask(self) -> torch.Tensor:
+        """[B, 1, 1, L] True where a key is inside its sample's canvas."""
+        pos = torch.arange(self.ids.shape[1])
+        return (pos[None, :] < self.valid_len[:, None])[:, None, None, :]
 
 
 class ProblemStream:
@@ -69,4 +75,10 @@ class ProblemStream:
             self._load()
         idx = self.order[self.cursor : self.cursor + self.batch_size]
         self.cursor += self.batch_size
-        return Batch(self.ids[idx], self.plen[idx], self.alen[idx])
+        # Random canvas lengths: users choose max_tokens, so the model must not learn where the
+        # sequence ends (a fixed canvas made the teacher fail on any other generation length).
+        plen, alen = self.plen[idx], self.alen[idx]
+        lo = alen + 1
+        hi = torch.clamp(SEQ_LEN - plen, min=lo)
+        gen = lo + (torch.rand(len(idx), generator=self.gen) * (hi - lo + 1).float()).long()
+        return Batch(self.ids[idx], plen, alen, plen + torch.minimum(gen, hi))

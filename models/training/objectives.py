@@ -23,8 +23,9 @@ EPS = 1e-3
 
 
 def _answer_positions(batch: Batch) -> torch.Tensor:
-    pos = torch.arange(batch.ids.shape[1])
-    return pos[None, :] >= batch.prompt_len[:, None]
+    """The generation canvas of each sample: after the prompt, before the padding."""
+    pos = torch.arange(batch.ids.shape[1])[None, :]
+    return (pos >= batch.prompt_len[:, None]) & (pos < batch.valid_len[:, None])
 
 
 def masked_diffusion_loss(model: Transformer, batch: Batch, gen: torch.Generator) -> torch.Tensor:
@@ -34,7 +35,7 @@ def masked_diffusion_loss(model: Transformer, batch: Batch, gen: torch.Generator
     t = (1 - EPS) * torch.rand(b, generator=gen) + EPS
     masked = (torch.rand(b, length, generator=gen) < t[:, None]) & answer
     noisy = torch.where(masked, model.config.mask_token_id, ids)
-    logits = model(noisy)
+    logits = model(noisy, mask=batch.key_mask())
     ce = F.cross_entropy(logits[masked], ids[masked], reduction="none")
     weight = (1.0 / t)[:, None].expand(b, length)[masked]
     return (ce * weight).sum() / answer.sum()
@@ -61,13 +62,13 @@ def d2f_distill_loss(model: Transformer, batch: Batch, gen: torch.Generator, blo
     bid = d2f_block_ids(batch.prompt_len, length, block_size)
     num_blocks = int(bid.max())
     ratios = monotonic_ratios(b, num_blocks, gen)
-    answer = bid > 0
+    answer = _answer_positions(batch)
     p_tok = torch.gather(ratios, 1, (bid - 1).clamp(min=0))
     masked = (torch.rand(b, length, generator=gen) < p_tok) & answer
     noisy = torch.where(masked, model.config.mask_token_id, ids)
     with torch.no_grad(), adapter_disabled(model):
-        teacher = model(noisy)[masked].softmax(-1)
-    student = model(noisy, mask=mask_from_ids(bid, bid))[masked]
+        teacher = model(noisy, mask=batch.key_mask())[masked].softmax(-1)
+    student = model(noisy, mask=mask_from_ids(bid, bid) & batch.key_mask())[masked]
     ce = F.cross_entropy(student, teacher, reduction="none")
     return (ce / p_tok[masked]).mean()
 

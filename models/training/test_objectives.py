@@ -1,0 +1,79 @@
+"""Training objectives: mask schedules, which tokens count, and the student/teacher relation."""
+
+from __future__ import annotations
+
+import torch
+
+from models.conftest import MASK, tiny
+from models.lora import adapter_disabled, apply_lora
+from models.training.data import Batch
+from models.training.objectives import (
+    ar_loss,
+    d2f_block_ids,
+    d2f_distill_loss,
+    masked_diffusion_loss,
+    monotonic_ratios,
+)
+
+
+def _batch(b: int = 4, length: int = 40) -> Batch:
+    g = torch.Generator().manual_seed(0)
+    return Batch(torch.randint(1, MASK, (b, length), generator=g), torch.tensor([5, 9, 12, 7][:b]),
+                 torch.tensor([10, 12, 8, 20][:b]), torch.tensor([30, 40, 25, 36][:b]))
+
+
+def test_monotonic_ratios_bounds_and_order() -> None:
+    r = monotonic_ratios(256, 9, torch.Generator().manual_seed(1))
+    assert r.shape == (256, 9)
+    assert bool((r[:, 1:] >= r[:, :-1]).all())
+    assert r.min() >= 0.2 and r[:, 0].max() < 0.7 and r.max() <= 0.7 + 1e-6
+
+
+def test_d2f_block_ids_start_at_each_prompt_end() -> None:
+    ids = d2f_block_ids(torch.tensor([3, 5]), 12, 4)
+    assert ids[0].tolist() == [0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3]
+    assert ids[1].tolist() == [0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2]
+
+
+def test_masked_diffusion_loss_masks_only_answer_tokens() -> None:
+    model, batch = tiny("llada"), _batch()
+    seen: list[torch.Tensor] = []
+    model.embed.register_forward_hook(lambda _m, inp, _o: seen.append(inp[0].clone()))
+    loss = masked_diffusion_loss(model, batch, torch.Generator().manual_seed(2))
+    noisy = seen[0]
+    pos = torch.arange(batch.ids.shape[1])[None]
+    prompt = pos < batch.prompt_len[:, None]
+    padding = pos >= batch.valid_len[:, None]
+    assert not bool((noisy[prompt | padding] == MASK).any())
+    assert bool((noisy[~prompt & ~padding] == MASK).any())
+    kept = noisy != MASK
+    assert torch.equal(noisy[kept], batch.ids[kept])
+    assert loss.item() > 0
+    assert torch.isclose(loss, masked_diffusion_loss(model, batch, torch.Generator().manual_seed(2)))
+
+
+def test_fresh_student_equals_teacher_so_distill_loss_is_teacher_entropy() -> None:
+    model, batch = tiny("llada"), _batch()
+    apply_lora(model, ["q_proj", "k_proj", "v_proj", "o_proj"], r=4, alpha=4, dropout=0.0)
+    x = batch.ids[:1]
+    with adapter_disabled(model):
+        base = model(x)
+    assert torch.allclose(model(x), base)  # lora_B starts at zero
+    loss = d2f_distill_loss(model, batch, torch.Generator().manual_seed(3), block_size=8)
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert grads and all(g is not None for g in grads)
+    assert not any(p.grad is not None for p in model.parameters() if not p.requires_grad)
+
+
+def test_ar_loss_decreases_with_training() -> None:
+    model, batch = tiny("qwen2"), _batch()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(4)
+    first = ar_loss(model, batch, g).item()
+    for _ in range(30):
+        loss = ar_loss(model, batch, g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.7 * first

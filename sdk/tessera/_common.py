@@ -1,0 +1,178 @@
+"""What the sync and async clients share: connection settings, request building, stream bookkeeping.
+
+Both clients are thin shells around this module so that a fix to, say, the retry policy or request
+validation lands in both at once.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TypedDict
+
+import grpc
+
+from tessera.types import TextChunk, TextResult, chunk_from_proto, result_from_proto
+from tessera.v1 import jobs_pb2, text_pb2
+
+DEFAULT_ADDRESS = "localhost:50051"
+DEFAULT_UNARY_TIMEOUT_S = 120.0
+# Streams live as long as the generation; the deadline only guards against a silently dead gateway.
+DEFAULT_STREAM_TIMEOUT_S = 600.0
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+RETRIED_SERVICES = ("tessera.v1.TextGenerationService", "tessera.v1.JobService")
+
+# UNAVAILABLE only: it means the request never reached (or was refused by) a gateway replica, and
+# submissions carry an idempotency key, so a retry attaches to the same job instead of starting another.
+# gRPC only retries a stream before its first message arrives, so text is never duplicated.
+RETRY_POLICY = {
+    "maxAttempts": 4,
+    "initialBackoff": "0.1s",
+    "maxBackoff": "2s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE"],
+}
+SERVICE_CONFIG = json.dumps({
+    "methodConfig": [{"name": [{"service": s} for s in RETRIED_SERVICES], "retryPolicy": RETRY_POLICY}],
+})
+
+
+def channel_options(user_agent: str) -> list[tuple[str, str | int]]:
+    """Channel arguments for every Tessera channel (sync and aio take the same list)."""
+    return [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        # Long silent streams (a job waiting in the queue) must notice a dead connection. 60 s stays well
+        # clear of the server's default ping policy, and gRPC sends at most 2 pings without data anyway.
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.enable_retries", 1),
+        ("grpc.service_config", SERVICE_CONFIG),
+        ("grpc.primary_user_agent", user_agent),
+    ]
+
+
+def new_idempotency_key() -> str:
+    """A fresh key; sent on every submission so gRPC's automatic retries can never start a second job."""
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Connection settings of one client; the sync and async clients each hold one."""
+
+    address: str = DEFAULT_ADDRESS
+    api_key: str | None = None
+    timeout: float | None = None
+    tls: bool = False
+    root_certificates: bytes | None = None
+    metadata: Sequence[tuple[str, str]] = field(default_factory=tuple)
+
+    @property
+    def use_tls(self) -> bool:
+        """Custom root certificates only make sense with TLS, so passing them turns TLS on."""
+        return self.tls or self.root_certificates is not None
+
+    def credentials(self) -> grpc.ChannelCredentials | None:
+        """TLS channel credentials, or None for a plaintext channel (local and in-cluster use)."""
+        if not self.use_tls:
+            return None
+        return grpc.ssl_channel_credentials(root_certificates=self.root_certificates)
+
+    def call_metadata(self) -> tuple[tuple[str, str], ...]:
+        """Metadata sent with every call: the bearer token plus any user metadata."""
+        md = tuple(self.metadata)
+        if self.api_key:
+            md = (("authorization", f"Bearer {self.api_key}"), *md)
+        return md
+
+    def unary_timeout(self, timeout: float | None) -> float:
+        """Deadline for a unary call: per-call value, else the client's, else 120 s. Never unbounded."""
+        return _pick(timeout, self.timeout, DEFAULT_UNARY_TIMEOUT_S)
+
+    def stream_timeout(self, timeout: float | None) -> float:
+        """Deadline for a whole stream: per-call value, else the client's, else 600 s."""
+        return _pick(timeout, self.timeout, DEFAULT_STREAM_TIMEOUT_S)
+
+
+def _pick(call: float | None, client: float | None, default: float) -> float:
+    value = call if call is not None else client if client is not None else default
+    if value <= 0:
+        raise ValueError(f"timeout must be positive, got {value}")
+    return float(value)
+
+
+class TextParams(TypedDict, total=False):
+    """Keyword arguments accepted wherever text is generated (typed so editors can complete them)."""
+
+    model: str
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: int | None
+    block_size: int
+    tau_add: float | None
+    tau_act: float | None
+    tau_conf: float | None
+
+
+def text_request(prompt: str, *, model: str = "", max_tokens: int = 0, temperature: float = 0.0,
+                 top_p: float = 0.0, seed: int | None = None, block_size: int = 0,
+                 tau_add: float | None = None, tau_act: float | None = None,
+                 tau_conf: float | None = None) -> text_pb2.TextRequest:
+    """Build a TextRequest; zero/None means "model default", and the gateway validates ranges."""
+    params = text_pb2.TextParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                                 block_size=block_size)
+    # `optional` fields: leaving them unset (not 0) is what asks for the default.
+    for name, value in (("seed", seed), ("tau_add", tau_add), ("tau_act", tau_act), ("tau_conf", tau_conf)):
+        if value is not None:
+            setattr(params, name, value)
+    return text_pb2.TextRequest(model=model, prompt=prompt, params=params)
+
+
+def generate_request(prompt: str, idempotency_key: str | None, params: TextParams) -> text_pb2.GenerateRequest:
+    """GenerateRequest with an idempotency key always set."""
+    return text_pb2.GenerateRequest(request=text_request(prompt, **params),
+                                    idempotency_key=idempotency_key or new_idempotency_key())
+
+
+def stream_request(prompt: str, idempotency_key: str | None, params: TextParams) -> text_pb2.GenerateStreamRequest:
+    """GenerateStreamRequest with an idempotency key always set."""
+    return text_pb2.GenerateStreamRequest(request=text_request(prompt, **params),
+                                          idempotency_key=idempotency_key or new_idempotency_key())
+
+
+def submit_request(prompt: str, idempotency_key: str | None, params: TextParams) -> jobs_pb2.SubmitJobRequest:
+    """SubmitJobRequest for a text job with an idempotency key always set."""
+    spec = jobs_pb2.JobSpec(text=text_request(prompt, **params))
+    return jobs_pb2.SubmitJobRequest(spec=spec, idempotency_key=idempotency_key or new_idempotency_key())
+
+
+class StreamState:
+    """Turns GenerateStream messages into TextChunks and remembers the job id and final result.
+
+    Messages without a payload (the first one, which only announces the job id) yield no chunk.
+    """
+
+    def __init__(self) -> None:
+        self.job_id = ""
+        self.last_event_id = ""
+        self.result: TextResult | None = None
+
+    def feed(self, msg: text_pb2.GenerateStreamResponse) -> TextChunk | None:
+        """Record one message; return the chunk it carries, if any."""
+        self.job_id = msg.job_id or self.job_id
+        self.last_event_id = msg.event_id or self.last_event_id
+        kind = msg.WhichOneof("payload")
+        if kind == "chunk":
+            return chunk_from_proto(msg.chunk, self.job_id, msg.event_id)
+        if kind == "result":
+            self.result = result_from_proto(msg.result, self.job_id)
+        return None
+
+
+def is_cancelled(e: grpc.RpcError) -> bool:
+    """Whether an RpcError is the CANCELLED status our own `cancel()` produces."""
+    return hasattr(e, "code") and e.code() == grpc.StatusCode.CANCELLED

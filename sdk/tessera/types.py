@@ -1,0 +1,98 @@
+"""Plain Python results of text generation.
+
+Users of `generate_text` / `stream_text` get dataclasses rather than protobuf messages: they print
+readably, compare by value and don't tie user code to generated-code details (enum ints, HasField).
+Job APIs return the protobuf messages directly because their shape (oneofs, google.rpc.Status) is the
+API's own and wrapping it would only hide fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tessera.v1 import common_pb2, jobs_pb2, text_pb2
+
+__all__ = ["TextChunk", "TextResult", "Usage", "finish_reason_name", "text_result_from_job"]
+
+_FINISH_PREFIX = "FINISH_REASON_"
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token accounting and timings of one generation (all times in seconds, measured by the gateway)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    forward_passes: int = 0
+    tokens_per_forward: float = 0.0
+    time_to_first_chunk_s: float = 0.0
+    total_s: float = 0.0
+    queue_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class TextResult:
+    """A finished generation. `finish_reason` is "stop", "length", "cancelled" (or "unspecified")."""
+
+    text: str
+    finish_reason: str
+    model: str
+    job_id: str
+    usage: Usage
+
+
+@dataclass(frozen=True)
+class TextChunk:
+    """Text that became final during streaming; `event_id` lets `watch_job` resume right after it."""
+
+    text: str
+    token_count: int
+    total_tokens: int
+    job_id: str
+    event_id: str
+
+
+def finish_reason_name(value: int) -> str:
+    """Lower-case name of a FinishReason; values newer than this SDK read as "unspecified"."""
+    try:
+        name = common_pb2.FinishReason.Name(value)
+    except ValueError:
+        return "unspecified"
+    return name.removeprefix(_FINISH_PREFIX).lower()
+
+
+def usage_from_proto(usage: text_pb2.TextUsage) -> Usage:
+    """Convert TextUsage (float32 fields are rounded to drop float32 noise such as 2.299999952)."""
+    return Usage(
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        forward_passes=usage.forward_passes,
+        tokens_per_forward=round(usage.tokens_per_forward, 6),
+        time_to_first_chunk_s=usage.time_to_first_chunk_s,
+        total_s=usage.total_s,
+        queue_s=usage.queue_s,
+    )
+
+
+def result_from_proto(result: text_pb2.TextResult, job_id: str) -> TextResult:
+    """Convert a TextResult message; the job id travels beside it in every response that carries one."""
+    return TextResult(
+        text=result.text,
+        finish_reason=finish_reason_name(result.finish_reason),
+        model=result.model,
+        job_id=job_id,
+        usage=usage_from_proto(result.usage),
+    )
+
+
+def chunk_from_proto(chunk: text_pb2.TextChunk, job_id: str, event_id: str) -> TextChunk:
+    """Convert a TextChunk message with the ids of the stream message that carried it."""
+    return TextChunk(text=chunk.text, token_count=chunk.token_count, total_tokens=chunk.total_tokens,
+                     job_id=job_id, event_id=event_id)
+
+
+def text_result_from_job(job: jobs_pb2.Job) -> TextResult | None:
+    """The text result of a job, or None while it has none (not finished, failed, or not a text job)."""
+    if not job.HasField("result") or job.result.WhichOneof("kind") != "text":
+        return None
+    return result_from_proto(job.result.text, job.id)

@@ -1,0 +1,1 @@
+"""Tessera services: the gateway, the model workers and what they share."""

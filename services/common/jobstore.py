@@ -1,0 +1,264 @@
+"""The Redis job store shared by the gateway (submit, read, watch, cancel) and the dispatchers
+(claim, stream chunks, finish).
+
+Keys (prefix `tessera:` by default):
+  queue:{service}        Stream of job ids; consumer group `dispatchers`. Entries are deleted once
+                         the job ends, so XLEN minus pending = jobs waiting.
+  job:{id}               Hash: the job record (state, spec, attempts, tokens, result, error, ...).
+  job:{id}:events        Stream of JobEvent protos; WatchJob / GenerateStream read it, so any
+                         gateway replica can serve any job and clients resume by event id.
+  idem:{owner}:{key}     Idempotency key -> job id.
+  owner:{owner}          Sorted set of the owner's job ids by creation time (ListJobs).
+  dlq:{service}          Dead-letter stream of jobs that exhausted their attempts.
+  cancels                Pub/sub channel: job ids to stop now.
+Every state change goes through one Lua script, so a job ends exactly once and a dispatcher whose
+job was reclaimed (its attempt number is stale: a fencing token) cannot write to it any more.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import status_pb2
+
+from tessera.v1 import jobs_pb2
+
+TERMINAL = (jobs_pb2.JOB_STATE_SUCCEEDED, jobs_pb2.JOB_STATE_FAILED, jobs_pb2.JOB_STATE_CANCELLED)
+GROUP = "dispatchers"
+
+_SUBMIT = """
+local job, events, owner_idx, queue, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local job_id, ttl, now, job_prefix = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+if idem ~= '' then
+  local existing = redis.call('GET', idem)
+  if existing and redis.call('EXISTS', job_prefix .. existing) == 1 then return {0, existing} end
+  redis.call('SET', idem, job_id, 'EX', ttl)
+end
+redis.call('HSET', job, 'id', job_id, 'state', 1, 'create_ms', now, 'update_ms', now, 'attempts', 0,
+           'tokens', 0, 'progress', 0, unpack(ARGV, 7))
+redis.call('EXPIRE', job, ttl)
+redis.call('XADD', events, '*', 'e', ARGV[5])
+redis.call('EXPIRE', events, ttl)
+redis.call('ZADD', owner_idx, now, job_id)
+redis.call('EXPIRE', owner_idx, ttl)
+redis.call('XADD', queue, '*', 'job_id', job_id, 'service', ARGV[6])
+return {1, job_id}
+"""
+
+# Move a job to a new state if its state is one of ARGV[1] (comma list) and, when ARGV[2] is not
+# empty, its attempt number equals ARGV[2]. ARGV[3]: new state; ARGV[4..]: events to append
+# (may be ''), then '|' and hash fields to set. Returns 1 when applied.
+_TRANSITION = """
+local job, events = KEYS[1], KEYS[2]
+local state = redis.call('HGET', job, 'state')
+if not state then return -1 end
+local ok = false
+for s in string.gmatch(ARGV[1], '[^,]+') do if s == state then ok = true end end
+if not ok then return 0 end
+if ARGV[2] ~= '' and redis.call('HGET', job, 'attempts') ~= ARGV[2] then return 0 end
+local i = 4
+while ARGV[i] ~= '|' do
+  if ARGV[i] ~= '' then redis.call('XADD', events, '*', 'e', ARGV[i]) end
+  i = i + 1
+end
+redis.call('HSET', job, 'state', ARGV[3], unpack(ARGV, i + 1))
+return 1
+"""
+
+# Claim a job for a dispatch attempt: QUEUED/RUNNING -> RUNNING with attempts + 1.
+# Returns the new attempt number, 0 if the job already ended, -1 if it is gone.
+_START = """
+local job, events = KEYS[1], KEYS[2]
+local state = redis.call('HGET', job, 'state')
+if not state then return -1 end
+if state ~= '1' and state ~= '2' then return 0 end
+local attempts = redis.call('HINCRBY', job, 'attempts', 1)
+redis.call('HSET', job, 'state', 2, 'update_ms', ARGV[1])
+redis.call('XADD', events, '*', 'e', ARGV[2])
+return attempts
+"""
+
+# Append a text chunk if the caller still owns the running attempt (fencing).
+_CHUNK = """
+local job, events = KEYS[1], KEYS[2]
+if redis.call('HGET', job, 'state') ~= '2' or redis.call('HGET', job, 'attempts') ~= ARGV[1] then return 0 end
+local id = redis.call('XADD', events, '*', 'e', ARGV[2])
+redis.call('HSET', job, 'tokens', ARGV[3], 'progress', ARGV[4], 'update_ms', ARGV[5])
+return 1
+"""
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def new_job_id() -> str:
+    # Time-ordered (ms, hex) then random: ids sort by creation time.
+    return f"{now_ms():012x}{os.urandom(6).hex()}"
+
+
+def _ts(ms: int) -> Timestamp:
+    t = Timestamp()
+    t.FromMilliseconds(ms)
+    return t
+
+
+def event_bytes(**kind: object) -> bytes:
+    return jobs_pb2.JobEvent(**kind).SerializeToString()
+
+
+@dataclass(slots=True)
+class JobRecord:
+    job: jobs_pb2.Job
+    owner: str
+    service: str
+    deadline_ms: int
+    tokens: int
+    create_ms: int
+
+
+class JobStore:
+    def __init__(self, client: aioredis.Redis, prefix: str = "tessera:", ttl_s: int = 86400) -> None:
+        self.r, self.p, self.ttl_s = client, prefix, ttl_s
+        self._submit = client.register_script(_SUBMIT)
+        self._transition = client.register_script(_TRANSITION)
+        self._start = client.register_script(_START)
+        self._chunk = client.register_script(_CHUNK)
+
+    @classmethod
+    def from_url(cls, url: str, **kw: object) -> JobStore:
+        client = aioredis.from_url(url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=10)
+        return cls(client, **kw)  # type: ignore[arg-type]
+
+    # ---- key names -----------------------------------------------------------------------------
+    def queue_key(self, service: str) -> str:
+        return f"{self.p}queue:{service}"
+
+    def job_key(self, job_id: str) -> str:
+        return f"{self.p}job:{job_id}"
+
+    def events_key(self, job_id: str) -> str:
+        return f"{self.p}job:{job_id}:events"
+
+    def dlq_key(self, service: str) -> str:
+        return f"{self.p}dlq:{service}"
+
+    @property
+    def cancel_channel(self) -> str:
+        return f"{self.p}cancels"
+
+    # ---- gateway side --------------------------------------------------------------------------
+    async def submit(self, owner: str, service: str, spec: jobs_pb2.JobSpec, idempotency_key: str = "",
+                     deadline_ms: int = 0) -> tuple[str, bool]:
+        """Enqueue a job; returns (job_id, created). The same owner + key returns the same job."""
+        job_id = new_job_id()
+        idem = f"{self.p}idem:{owner}:{idempotency_key}" if idempotency_key else ""
+        fields = ["spec", spec.SerializeToString(), "owner", owner, "service", service,
+                  "idem_key", idempotency_key, "deadline_ms", deadline_ms]
+        created, jid = await self._submit(
+            keys=[self.job_key(job_id), self.events_key(job_id), f"{self.p}owner:{owner}",
+                  self.queue_key(service), idem],
+            args=[job_id, self.ttl_s, now_ms(), f"{self.p}job:", event_bytes(state=jobs_pb2.JOB_STATE_QUEUED),
+                  service, *fields])
+        return (jid.decode() if isinstance(jid, bytes) else jid), bool(created)
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        h = await self.r.hgetall(self.job_key(job_id))
+        if not h:
+            return None
+        g = {k.decode(): v for k, v in h.items()}
+        job = jobs_pb2.Job(id=job_id, state=int(g["state"]), attempts=int(g.get("attempts", b"0")),
+                           idempotency_key=g.get("idem_key", b"").decode(), progress=float(g.get("progress", 0)),
+                           create_time=_ts(int(g["create_ms"])), update_time=_ts(int(g["update_ms"])))
+        job.spec.ParseFromString(g.get("spec", b""))
+        if g.get("result"):
+            job.result.ParseFromString(g["result"])
+        if g.get("error"):
+            job.error.ParseFromString(g["error"])
+        return JobRecord(job, g.get("owner", b"").decode(), g.get("service", b"").decode(),
+                         int(g.get("deadline_ms", b"0")), int(g.get("tokens", b"0")), int(g["create_ms"]))
+
+    async def list(self, owner: str, offset: int, limit: int) -> list[str]:
+        ids = await self.r.zrevrange(f"{self.p}owner:{owner}", offset, offset + limit - 1)
+        return [i.decode() for i in ids]
+
+    async def events(self, job_id: str, after: str = "0-0", block_ms: int = 5000,
+                     ) -> AsyncIterator[tuple[str, jobs_pb2.JobEvent]]:
+        """Events after `after`, following the stream until the job's final event."""
+        key, last = self.events_key(job_id), after or "0-0"
+        while True:
+            resp = await self.r.xread({key: last}, count=256, block=block_ms)
+            if not resp:
+                if not await self.r.exists(self.job_key(job_id)):
+                    return
+                continue
+            for eid, fields in resp[0][1]:
+                last = eid.decode()
+                ev = jobs_pb2.JobEvent.FromString(fields[b"e"])
+                ev.event_id = last
+                yield last, ev
+                if ev.WhichOneof("kind") in ("result", "error"):
+                    return
+
+    async def cancel(self, job_id: str, reason: str = "cancelled by the client") -> bool:
+        err = status_pb2.Status(code=1, message=reason)  # grpc CANCELLED
+        applied = await self.transition(job_id, (1, 2), jobs_pb2.JOB_STATE_CANCELLED,
+                                        [event_bytes(state=jobs_pb2.JOB_STATE_CANCELLED), event_bytes(error=err)],
+                                        error=err.SerializeToString())
+        if applied:
+            await self.r.publish(self.cancel_channel, job_id)
+        return applied
+
+    # ---- dispatcher side -----------------------------------------------------------------------
+    async def transition(self, job_id: str, from_states: tuple[int, ...], to: int, events: list[bytes],
+                         attempt: int | None = None, **fields: object) -> bool:
+        args: list[object] = [",".join(map(str, from_states)), "" if attempt is None else attempt, to,
+                              *events, "|", "update_ms", now_ms()]
+        for k, v in fields.items():
+            args += [k, v]
+        return await self._transition(keys=[self.job_key(job_id), self.events_key(job_id)], args=args) == 1
+
+    async def start(self, job_id: str) -> int:
+        return int(await self._start(keys=[self.job_key(job_id), self.events_key(job_id)],
+                                     args=[now_ms(), event_bytes(state=jobs_pb2.JOB_STATE_RUNNING)]))
+
+    async def append_chunk(self, job_id: str, attempt: int, chunk_event: bytes, tokens: int, progress: float) -> bool:
+        return await self._chunk(keys=[self.job_key(job_id), self.events_key(job_id)],
+                                 args=[attempt, chunk_event, tokens, progress, now_ms()]) == 1
+
+    async def succeed(self, job_id: str, attempt: int, result: jobs_pb2.JobResult) -> bool:
+        data = result.SerializeToString()
+        return await self.transition(job_id, (2,), jobs_pb2.JOB_STATE_SUCCEEDED,
+                                     [event_bytes(state=jobs_pb2.JOB_STATE_SUCCEEDED), event_bytes(result=result)],
+                                     attempt=attempt, result=data, progress=1.0)
+
+    async def fail(self, job_id: str, code: int, message: str, attempt: int | None = None) -> bool:
+        err = status_pb2.Status(code=code, message=message)
+        return await self.transition(job_id, (1, 2), jobs_pb2.JOB_STATE_FAILED,
+                                     [event_bytes(state=jobs_pb2.JOB_STATE_FAILED), event_bytes(error=err)],
+                                     attempt=attempt, error=err.SerializeToString())
+
+    async def ensure_group(self, service: str) -> None:
+        try:
+            await self.r.xgroup_create(self.queue_key(service), GROUP, id="0", mkstream=True)
+        except aioredis.ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+
+    async def done(self, service: str, entry_id: str) -> None:
+        """Remove a finished job's queue entry (ack + delete keeps XLEN = live jobs)."""
+        q = self.queue_key(service)
+        async with self.r.pipeline(transaction=True) as pipe:
+            pipe.xack(q, GROUP, entry_id)
+            pipe.xdel(q, entry_id)
+            await pipe.execute()
+
+    async def dead_letter(self, service: str, entry_id: str, job_id: str, reason: str) -> None:
+        await self.r.xadd(self.dlq_key(service), {"job_id": job_id, "reason": reason, "at_ms": now_ms()},
+                          maxlen=100_000, approximate=True)
+        await self.done(service, entry_id)

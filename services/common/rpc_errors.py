@@ -1,0 +1,66 @@
+"""Rich gRPC errors (google.rpc.Status with details), one definition for every service."""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+DOMAIN = "tessera.ai"
+
+
+class RpcError(Exception):
+    """An error a servicer turns into a gRPC status with details (see `abort`)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, *, reason: str = "",
+                 violations: list[tuple[str, str]] | None = None, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.reason = code, message, reason
+        self.violations = violations or []
+        self.retry_after_s = retry_after_s
+
+    def to_status(self) -> status_pb2.Status:
+        details: list[any_pb2.Any] = []
+        if self.violations:
+            br = error_details_pb2.BadRequest(field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in self.violations])
+            details.append(_pack(br))
+        if self.reason:
+            details.append(_pack(error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN)))
+        if self.retry_after_s is not None:
+            d = duration_pb2.Duration()
+            d.FromNanoseconds(int(self.retry_after_s * 1e9))
+            details.append(_pack(error_details_pb2.RetryInfo(retry_delay=d)))
+        return status_pb2.Status(code=self.code.value[0], message=self.message, details=details)
+
+
+def _pack(msg: object) -> any_pb2.Any:
+    a = any_pb2.Any()
+    a.Pack(msg)  # type: ignore[arg-type]
+    return a
+
+
+def invalid_argument(violations: list[tuple[str, str]]) -> RpcError:
+    summary = "; ".join(f"{f}: {d}" for f, d in violations)
+    return RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid request: {summary}", reason="INVALID_REQUEST",
+                    violations=violations)
+
+
+def unavailable(what: str, err: BaseException) -> RpcError:
+    return RpcError(grpc.StatusCode.UNAVAILABLE, f"{what} is unavailable ({type(err).__name__}: {err}); retry later",
+                    reason="BACKEND_UNAVAILABLE", retry_after_s=1.0)
+
+
+async def abort(context: grpc.aio.ServicerContext, err: RpcError) -> None:
+    await context.abort_with_status(rpc_status.to_status(err.to_status()))
+
+
+def status_code_of(code: int) -> grpc.StatusCode:
+    for c in grpc.StatusCode:
+        if c.value[0] == code:
+            return c
+    return grpc.StatusCode.UNKNOWN
+
+
+__all__ = ["RpcError", "abort", "code_pb2", "invalid_argument", "status_code_of", "unavailable"]

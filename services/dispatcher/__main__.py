@@ -1,0 +1,41 @@
+"""A standalone dispatcher process: `python -m services.dispatcher [--config gateway.yaml]`.
+
+The gateway runs dispatchers in-process by default; run this to scale them separately.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+from services.common.jobstore import JobStore
+from services.common.metrics import Metrics
+from services.dispatcher.dispatcher import Dispatcher
+from services.dispatcher.worker_client import WorkerClient
+from services.gateway.config import GatewayConfig
+
+
+async def _run(cfg: GatewayConfig, metrics_port: int) -> None:
+    store = JobStore.from_url(cfg.redis_url, prefix=cfg.key_prefix, ttl_s=cfg.job_ttl_s)
+    metrics = Metrics()
+    if metrics_port:
+        metrics.serve(metrics_port)
+    worker = WorkerClient(cfg.dispatcher.worker_address, cfg.dispatcher.worker_application)
+    try:
+        await Dispatcher(store, worker, cfg.dispatcher, metrics).run()
+    finally:
+        await worker.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--config")
+    ap.add_argument("--metrics-port", type=int, default=0)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(_run(GatewayConfig.load(args.config), args.metrics_port))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,266 @@
+"""The dispatcher: moves jobs from a service's Redis queue to its workers and back.
+
+- Consumes `queue:{service}` in the `dispatchers` consumer group, at most `max_in_flight` jobs
+  at a time (a bounded window: the queue, not the worker, absorbs bursts).
+- For each job: claims an attempt (the attempt number is a fencing token), forwards it to the
+  worker over gRPC (Ray Serve's proxy), appends each chunk to the job's event stream, and ends
+  the job exactly once (Lua compare-and-set).
+- Heartbeats its pending entries (XCLAIM JUSTID resets their idle time); another dispatcher
+  reclaims entries idle longer than `claim_idle_ms` (XAUTOCLAIM) and resumes the job, skipping
+  the tokens already streamed (the gateway fixed the seed, so every attempt yields the same
+  tokens). Jobs that exhaust `max_attempts` go to the dead-letter stream.
+- Cancellation (pub/sub) and deadlines cancel the worker call, which stops the decoding loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+
+import grpc
+import redis.asyncio as aioredis
+
+from services.common.jobstore import GROUP, TERMINAL, JobRecord, JobStore, event_bytes, now_ms
+from services.common.metrics import Metrics
+from services.dispatcher.worker_client import WorkerClient, WorkerError
+from services.gateway.config import DispatcherConfig
+from tessera.v1 import common_pb2, jobs_pb2, text_pb2
+
+log = logging.getLogger(__name__)
+_REDIS_DOWN = (aioredis.ConnectionError, aioredis.TimeoutError, ConnectionError, OSError)
+_FINISH = {"stop": common_pb2.FINISH_REASON_STOP, "length": common_pb2.FINISH_REASON_LENGTH}
+
+
+@dataclass(slots=True)
+class _Running:
+    task: asyncio.Task[None]
+    entry_id: str
+
+
+@dataclass
+class Dispatcher:
+    store: JobStore
+    worker: WorkerClient
+    cfg: DispatcherConfig
+    metrics: Metrics
+    service: str = "text"
+    name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}")
+    running: dict[str, _Running] = field(default_factory=dict)
+
+    async def run(self) -> None:
+        """Dispatch until cancelled; survives Redis outages (retries with backoff)."""
+        tasks = [asyncio.create_task(self._consume()), asyncio.create_task(self._reclaim_loop()),
+                 asyncio.create_task(self._heartbeat_loop()), asyncio.create_task(self._cancel_listener())]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+            for r in list(self.running.values()):
+                r.task.cancel()
+            await asyncio.gather(*tasks, *(r.task for r in self.running.values()), return_exceptions=True)
+
+    # ---- intake ------------------------------------------------------------------------------------
+    async def _consume(self) -> None:
+        q = self.store.queue_key(self.service)
+        backoff = 0.1
+        while True:
+            try:
+                await self.store.ensure_group(self.service)
+                while True:
+                    free = self.cfg.max_in_flight - len(self.running)
+                    if free <= 0:
+                        await asyncio.sleep(0.005)
+                        continue
+                    resp = await self.store.r.xreadgroup(GROUP, self.name, {q: ">"}, count=free, block=1000)
+                    for _, entries in resp or []:
+                        for eid, fields in entries:
+                            self._launch(eid.decode(), fields[b"job_id"].decode())
+                    backoff = 0.1
+            except _REDIS_DOWN as e:
+                log.warning("dispatcher %s: Redis unavailable (%s); retrying in %.1fs", self.name, e, backoff)
+            except aioredis.ResponseError as e:  # NOGROUP after a Redis restart: recreate the group
+                log.warning("dispatcher %s: %s", self.name, e)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    def _launch(self, entry_id: str, job_id: str) -> None:
+        if job_id in self.running:
+            return
+        task = asyncio.create_task(self._process(entry_id, job_id))
+        self.running[job_id] = _Running(task, entry_id)
+        self.metrics.in_flight.labels(self.service).set(len(self.running))
+        task.add_done_callback(lambda _t: self._forget(job_id))
+
+    def _forget(self, job_id: str) -> None:
+        self.running.pop(job_id, None)
+        self.metrics.in_flight.labels(self.service).set(len(self.running))
+
+    # ---- one job ------------------------------------------------------------------------------------
+    async def _process(self, entry_id: str, job_id: str) -> None:
+        try:
+            await self._process_job(entry_id, job_id)
+        except asyncio.CancelledError:
+            raise
+        except _REDIS_DOWN as e:
+            # The entry stays pending; once Redis is back the reclaimer retries it.
+            log.warning("job %s: Redis went away mid-job (%s); it will be reclaimed", job_id, e)
+        except Exception:
+            log.exception("job %s: unexpected dispatcher error", job_id)
+
+    async def _process_job(self, entry_id: str, job_id: str) -> None:
+        attempt = await self.store.start(job_id)
+        if attempt <= 0:  # ended (e.g. cancelled while queued) or expired
+            await self.store.done(self.service, entry_id)
+            return
+        rec = await self.store.get(job_id)
+        assert rec is not None
+        if attempt > self.cfg.max_attempts:
+            await self.store.fail(job_id, grpc.StatusCode.ABORTED.value[0],
+                                  f"job failed after {self.cfg.max_attempts} dispatch attempts")
+            await self.store.dead_letter(self.service, entry_id, job_id, f"attempts exhausted ({attempt - 1})")
+            self.metrics.dead_letters.labels(self.service).inc()
+            self.metrics.jobs.labels(self.service, "FAILED").inc()
+            return
+        if attempt > 1:
+            self.metrics.attempts.labels(self.service).inc()
+        else:
+            self.metrics.queue_wait.labels(self.service).observe((now_ms() - rec.create_ms) / 1000)
+        timeout = None
+        if rec.deadline_ms:
+            timeout = (rec.deadline_ms - now_ms()) / 1000
+            if timeout <= 0:
+                await self._end_failed(job_id, attempt, grpc.StatusCode.DEADLINE_EXCEEDED,
+                                       "the job's deadline passed before it could run", entry_id)
+                return
+        outcome = await self._run_text(job_id, attempt, rec, timeout)
+        if outcome == "retry":
+            await asyncio.sleep(self.cfg.retry_backoff_ms / 1000)
+            # Re-enqueue as a fresh entry; the attempt counter carries over in the job record.
+            await self.store.r.xadd(self.store.queue_key(self.service), {"job_id": job_id, "service": self.service})
+        elif outcome == "gone":
+            # Cancelled (ack it), or another dispatcher took the job over (its entry now: leave it).
+            now = await self.store.get(job_id)
+            if now is not None and now.job.state not in TERMINAL:
+                return
+        await self.store.done(self.service, entry_id)
+
+    async def _run_text(self, job_id: str, attempt: int, rec: JobRecord, timeout: float | None) -> str:
+        """Run one attempt; returns "ok", "failed", "retry" or "gone" (the job is not ours any more)."""
+        req = rec.job.spec.text
+        model = req.model
+        skip = rec.tokens
+        total, forwards, prompt_tokens = skip, 0, 0
+        text_parts: list[str] = []
+        if skip:  # the text streamed by earlier attempts is part of the result
+            text_parts.append(await self._streamed_text(job_id))
+        created = rec.create_ms / 1000
+        last_chunk: float | None = None
+        max_tokens = req.params.max_tokens or 128
+        finish = common_pb2.FINISH_REASON_UNSPECIFIED
+        try:
+            async for msg in self.worker.generate(job_id, req, skip, timeout):
+                now = time.time()
+                if msg.token_count:
+                    total += msg.token_count
+                    text_parts.append(msg.text)
+                    chunk = text_pb2.TextChunk(text=msg.text, token_count=msg.token_count, total_tokens=total)
+                    if not await self.store.append_chunk(job_id, attempt, event_bytes(text_chunk=chunk), total,
+                                                         min(1.0, total / max_tokens)):
+                        return "gone"  # cancelled, or reclaimed by another dispatcher: stop writing
+                    if last_chunk is None and skip == 0:
+                        self.metrics.ttfc.labels(self.service, model).observe(now - created)
+                    elif last_chunk is not None:
+                        self.metrics.inter_chunk.labels(self.service, model).observe(now - last_chunk)
+                    last_chunk = now
+                forwards = msg.forward_passes or forwards
+                if msg.finished:
+                    finish = _FINISH.get(msg.finish_reason, common_pb2.FINISH_REASON_UNSPECIFIED)
+                    prompt_tokens, model = msg.prompt_tokens, msg.model or model
+        except WorkerError as e:
+            if e.retryable:
+                log.warning("job %s attempt %d: worker unavailable (%s)", job_id, attempt, e)
+                return "retry"
+            await self._end_failed(job_id, attempt, e.code, e.message, None)
+            return "failed"
+        done = time.time()
+        new_tokens = total - skip
+        usage = text_pb2.TextUsage(prompt_tokens=prompt_tokens, completion_tokens=total, forward_passes=forwards,
+                                   tokens_per_forward=new_tokens / forwards if forwards else 0.0,
+                                   total_s=done - created)
+        result = jobs_pb2.JobResult(text=text_pb2.TextResult(text="".join(text_parts), finish_reason=finish,
+                                                             usage=usage, model=model))
+        if not await self.store.succeed(job_id, attempt, result):
+            return "gone"
+        self.metrics.jobs.labels(self.service, "SUCCEEDED").inc()
+        self.metrics.e2e.labels(self.service, model).observe(done - created)
+        self.metrics.tokens.labels(model).inc(new_tokens)
+        if forwards:
+            self.metrics.tpf.labels(model).observe(new_tokens / forwards)
+        return "ok"
+
+    async def _streamed_text(self, job_id: str) -> str:
+        parts = []
+        for _, fields in await self.store.r.xrange(self.store.events_key(job_id)):
+            ev = jobs_pb2.JobEvent.FromString(fields[b"e"])
+            if ev.WhichOneof("kind") == "text_chunk":
+                parts.append(ev.text_chunk.text)
+        return "".join(parts)
+
+    async def _end_failed(self, job_id: str, attempt: int, code: grpc.StatusCode, message: str,
+                          entry_id: str | None) -> None:
+        if await self.store.fail(job_id, code.value[0], message, attempt=attempt):
+            self.metrics.jobs.labels(self.service, "FAILED").inc()
+        if entry_id is not None:
+            await self.store.done(self.service, entry_id)
+
+    # ---- liveness, recovery, cancellation ------------------------------------------------------------
+    async def _heartbeat_loop(self) -> None:
+        q = self.store.queue_key(self.service)
+        while True:
+            await asyncio.sleep(self.cfg.heartbeat_ms / 1000)
+            ids = [r.entry_id for r in self.running.values()]
+            if ids:
+                with contextlib.suppress(*_REDIS_DOWN, aioredis.ResponseError):
+                    await self.store.r.xclaim(q, GROUP, self.name, 0, ids, justid=True)
+
+    async def _reclaim_loop(self) -> None:
+        q = self.store.queue_key(self.service)
+        while True:
+            await asyncio.sleep(self.cfg.claim_idle_ms / 3000)
+            free = self.cfg.max_in_flight - len(self.running)
+            if free <= 0:
+                continue
+            try:
+                resp = await self.store.r.xautoclaim(q, GROUP, self.name, self.cfg.claim_idle_ms, "0-0", count=free)
+            except (*_REDIS_DOWN, aioredis.ResponseError):
+                continue
+            for eid, fields in resp[1]:
+                if fields:  # entries deleted meanwhile come back empty
+                    log.warning("dispatcher %s: reclaimed job %s", self.name, fields[b"job_id"].decode())
+                    self._launch(eid.decode(), fields[b"job_id"].decode())
+
+    async def _cancel_listener(self) -> None:
+        while True:
+            try:
+                pubsub = self.store.r.pubsub()
+                await pubsub.subscribe(self.store.cancel_channel)
+                async for msg in pubsub.listen():
+                    if msg.get("type") != "message":
+                        continue
+                    job_id = msg["data"].decode()
+                    running = self.running.get(job_id)
+                    if running is not None:
+                        running.task.cancel()  # cancels the worker call -> decoding stops
+                        with contextlib.suppress(asyncio.CancelledError, Exception):
+                            await running.task
+                        with contextlib.suppress(*_REDIS_DOWN):
+                            await self.store.done(self.service, running.entry_id)
+                        self.metrics.jobs.labels(self.service, "CANCELLED").inc()
+            except _REDIS_DOWN:
+                await asyncio.sleep(1.0)

@@ -1,0 +1,132 @@
+"""The gateway's data plane: validated job operations over the Redis job store.
+
+Knows nothing about gRPC servicers (that is `servicers.py`); raises `RpcError` for the protocol
+layer to turn into statuses. Redis being down becomes UNAVAILABLE; redis-py reconnects by itself
+on the next call, so the gateway recovers as soon as Redis is back.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+import redis.asyncio as aioredis
+from google.rpc import status_pb2
+
+from services.common.jobstore import TERMINAL, JobStore, now_ms
+from services.common.metrics import Metrics
+from services.common.rpc_errors import RpcError, unavailable
+from services.gateway.config import GatewayConfig
+from services.gateway.validation import check_job_id, check_text
+from tessera.v1 import jobs_pb2, text_pb2
+
+T = TypeVar("T")
+_REDIS_ERRORS = (aioredis.ConnectionError, aioredis.TimeoutError, ConnectionError, OSError)
+
+
+async def guarded(op: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return await op()
+    except _REDIS_ERRORS as e:
+        raise unavailable("the job queue (Redis)", e) from e
+
+
+class DataPlane:
+    def __init__(self, cfg: GatewayConfig, store: JobStore, metrics: Metrics) -> None:
+        self.cfg, self.store, self.metrics = cfg, store, metrics
+
+    def _prepare_text(self, req: text_pb2.TextRequest, field: str) -> text_pb2.TextRequest:
+        check_text(req, self.cfg.text, field)
+        req = _copy(req)
+        if not req.model:
+            req.model = self.cfg.text.models[0]
+        if not req.params.HasField("seed"):
+            # A fixed seed makes every attempt of this job produce the same tokens, so a job
+            # reclaimed from a dead dispatcher resumes where it stopped, without duplicates.
+            req.params.seed = int.from_bytes(os.urandom(4), "little")
+        return req
+
+    async def submit(self, owner: str, spec: jobs_pb2.JobSpec, idempotency_key: str = "",
+                     deadline_s: float | None = None, field: str = "spec.text") -> tuple[str, bool]:
+        """Validate and enqueue; `field` names the request in field violations."""
+        kind = spec.WhichOneof("kind")
+        if kind is None:
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "job spec is empty: set spec.text",
+                           violations=[("spec", "one of [text] must be set")])
+        if len(idempotency_key) > 128:
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "idempotency_key is too long",
+                           violations=[("idempotency_key", "at most 128 characters")])
+        spec = jobs_pb2.JobSpec(text=self._prepare_text(spec.text, field))
+        deadline_ms = now_ms() + int(deadline_s * 1000) if deadline_s else 0
+        job_id, created = await guarded(lambda: self.store.submit(owner, kind, spec, idempotency_key, deadline_ms))
+        if created:
+            self.metrics.submitted.labels(kind).inc()
+        return job_id, created
+
+    async def get(self, owner: str, job_id: str) -> jobs_pb2.Job:
+        check_job_id(job_id)
+        rec = await guarded(lambda: self.store.get(job_id))
+        if rec is None or rec.owner != owner:  # other owners' jobs do not exist for this caller
+            raise RpcError(grpc.StatusCode.NOT_FOUND, f"job {job_id} not found (or expired)", reason="JOB_NOT_FOUND")
+        return rec.job
+
+    async def watch(self, owner: str, job_id: str, after: str = "") -> AsyncIterator[jobs_pb2.JobEvent]:
+        await self.get(owner, job_id)
+        if after and not _valid_stream_id(after):
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "after_event_id is not an event id",
+                           violations=[("after_event_id", "must be an event_id received from this job")])
+        it = self.store.events(job_id, after or "0-0").__aiter__()
+        while True:
+            try:
+                _, ev = await it.__anext__()
+            except StopAsyncIteration:
+                return
+            except _REDIS_ERRORS as e:
+                raise unavailable("the job queue (Redis)", e) from e
+            yield ev
+
+    async def cancel(self, owner: str, job_id: str) -> jobs_pb2.Job:
+        job = await self.get(owner, job_id)
+        if job.state not in TERMINAL:
+            await guarded(lambda: self.store.cancel(job_id))
+            job = await self.get(owner, job_id)
+        return job
+
+    async def list(self, owner: str, page_size: int, page_token: str) -> tuple[list[jobs_pb2.Job], str]:
+        if not 0 <= page_size <= 100:
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "page_size must be in [0, 100]",
+                           violations=[("page_size", "must be in [0, 100] (0 = 20)")])
+        try:
+            offset = int(page_token or 0)
+        except ValueError:
+            offset = -1
+        if offset < 0:
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "bad page_token",
+                           violations=[("page_token", "must come from a previous ListJobs response")])
+        size = page_size or 20
+        ids = await guarded(lambda: self.store.list(owner, offset, size + 1))
+        jobs = []
+        for jid in ids[:size]:
+            rec = await guarded(lambda jid=jid: self.store.get(jid))
+            if rec is not None:
+                jobs.append(rec.job)
+        return jobs, (str(offset + size) if len(ids) > size else "")
+
+
+def _copy(req: text_pb2.TextRequest) -> text_pb2.TextRequest:
+    out = text_pb2.TextRequest()
+    out.CopyFrom(req)
+    return out
+
+
+def _valid_stream_id(s: str) -> bool:
+    a, _, b = s.partition("-")
+    return a.isdigit() and (b == "" or b.isdigit())
+
+
+def error_from_status(st: status_pb2.Status) -> RpcError:
+    from services.common.rpc_errors import status_code_of
+
+    return RpcError(status_code_of(st.code), st.message)

@@ -1,0 +1,109 @@
+"""The gateway process: grpc.aio server (auth, health, reflection), metrics, and dispatchers.
+
+`python -m services.gateway [--config services/gateway/config.yaml]`
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.common.jobstore import JobStore
+from services.common.metrics import Metrics, poll_queues
+from services.dispatcher.dispatcher import Dispatcher
+from services.dispatcher.worker_client import WorkerClient
+from services.gateway.auth import Authenticator, AuthInterceptor
+from services.gateway.config import GatewayConfig
+from services.gateway.dataplane import DataPlane
+from services.gateway.servicers import JobServicer, TextGenerationServicer
+from tessera.v1 import jobs_pb2, jobs_pb2_grpc, text_pb2, text_pb2_grpc
+
+log = logging.getLogger("tessera.gateway")
+SERVICES = ("tessera.v1.TextGenerationService", "tessera.v1.JobService")
+
+
+@dataclass
+class Gateway:
+    cfg: GatewayConfig
+    metrics: Metrics = field(default_factory=Metrics)
+    server: grpc.aio.Server | None = None
+    port: int = 0
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    store: JobStore | None = None
+    worker: WorkerClient | None = None
+
+    async def start(self, auth: Authenticator | None = None) -> int:
+        cfg = self.cfg
+        self.store = JobStore.from_url(cfg.redis_url, prefix=cfg.key_prefix, ttl_s=cfg.job_ttl_s)
+        auth = auth or Authenticator(cfg.auth)
+        plane = DataPlane(cfg, self.store, self.metrics)
+        self.server = grpc.aio.server(
+            interceptors=[AuthInterceptor(auth, lambda m, c: self.metrics.requests.labels(m.rsplit("/", 1)[-1], c)
+                                          .inc())],
+            options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20),
+                     ("grpc.so_reuseport", 0)])
+        text_pb2_grpc.add_TextGenerationServiceServicer_to_server(TextGenerationServicer(plane, auth), self.server)
+        jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(plane, auth), self.server)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        names = (text_pb2.DESCRIPTOR.services_by_name["TextGenerationService"].full_name,
+                 jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name, health.SERVICE_NAME,
+                 reflection.SERVICE_NAME)
+        reflection.enable_server_reflection(names, self.server)
+        self.port = self.server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+        await self.server.start()
+        for svc in ("", *SERVICES):
+            await self.health.set(svc, health_pb2.HealthCheckResponse.SERVING)
+        if cfg.metrics_port:
+            self.metrics.serve(cfg.metrics_port)
+        self.tasks.append(asyncio.create_task(poll_queues(self.store, self.metrics, ["text"])))
+        if cfg.dispatcher.enabled:
+            self.worker = WorkerClient(cfg.dispatcher.worker_address, cfg.dispatcher.worker_application)
+            d = Dispatcher(self.store, self.worker, cfg.dispatcher, self.metrics)
+            self.tasks.append(asyncio.create_task(d.run()))
+        log.info("gateway listening on %s:%d (metrics :%d)", cfg.host, self.port, cfg.metrics_port)
+        return self.port
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.health.enter_graceful_shutdown()
+            await self.server.stop(self.cfg.grace_s)
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.worker is not None:
+            await self.worker.close()
+        if self.store is not None:
+            await self.store.r.aclose()
+
+
+async def serve(cfg: GatewayConfig) -> None:
+    gw = Gateway(cfg)
+    await gw.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await gw.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="Tessera gateway")
+    ap.add_argument("--config", default=None)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(GatewayConfig.load(args.config)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""The gateway's protocol layer: tessera.v1 servicers translating messages to data-plane calls."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+
+from services.common.jobstore import TERMINAL
+from services.common.rpc_errors import RpcError, abort
+from services.gateway.auth import Authenticator
+from services.gateway.dataplane import DataPlane, error_from_status
+from tessera.v1 import jobs_pb2, jobs_pb2_grpc, text_pb2, text_pb2_grpc
+
+
+def _deadline(ctx: grpc.aio.ServicerContext) -> float | None:
+    remaining = ctx.time_remaining()
+    return remaining if remaining is not None and remaining < 10 * 86400 else None
+
+
+def rpc(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Counts each call by status code and turns RpcError into a rich gRPC status."""
+    name = method.__name__
+
+    if getattr(method, "_streaming", False):
+        @functools.wraps(method)
+        async def stream(self: Any, req: Any, ctx: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            code = "OK"
+            try:
+                async for msg in method(self, req, ctx):
+                    yield msg
+            except RpcError as err:
+                code = err.code.name
+                await abort(ctx, err)
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
+            finally:
+                self.plane.metrics.requests.labels(name, code).inc()
+        return stream
+
+    @functools.wraps(method)
+    async def unary(self: Any, req: Any, ctx: grpc.aio.ServicerContext) -> Any:
+        code = "OK"
+        try:
+            return await method(self, req, ctx)
+        except RpcError as err:
+            code = err.code.name
+            await abort(ctx, err)
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        finally:
+            self.plane.metrics.requests.labels(name, code).inc()
+    return unary
+
+
+def streaming(method: Callable[..., Any]) -> Callable[..., Any]:
+    method._streaming = True  # type: ignore[attr-defined]
+    return method
+
+
+class _Base:
+    def __init__(self, plane: DataPlane, auth: Authenticator) -> None:
+        self.plane, self.auth = plane, auth
+
+    def owner(self, ctx: grpc.aio.ServicerContext) -> str:
+        return self.auth.owner(ctx.invocation_metadata())
+
+
+class TextGenerationServicer(_Base, text_pb2_grpc.TextGenerationServiceServicer):
+    async def _run(self, req: Any, ctx: grpc.aio.ServicerContext) -> AsyncIterator[tuple[str, jobs_pb2.JobEvent]]:
+        owner = self.owner(ctx)
+        job_id, _ = await self.plane.submit(owner, jobs_pb2.JobSpec(text=req.request), req.idempotency_key,
+                                            _deadline(ctx), field="request")
+        try:
+            async for ev in self.plane.watch(owner, job_id):
+                if ev.WhichOneof("kind") == "error":
+                    raise error_from_status(ev.error)
+                yield job_id, ev
+        except (asyncio.CancelledError, GeneratorExit):
+            # The caller went away (cancelled, deadline passed): interactive work is not worth
+            # finishing, so stop the job and with it the worker's decoding loop. Other failures
+            # (e.g. a Redis blip) leave the job running for a retry with the same idempotency key.
+            await asyncio.shield(self._cancel_quietly(job_id))
+            raise
+
+    async def _cancel_quietly(self, job_id: str) -> None:
+        try:
+            rec = await self.plane.store.get(job_id)
+            if rec is not None and rec.job.state not in TERMINAL:
+                await self.plane.store.cancel(job_id, "the client cancelled the request or its deadline passed")
+        except Exception:
+            pass
+
+    @rpc
+    async def Generate(self, req: text_pb2.GenerateRequest, ctx: grpc.aio.ServicerContext) -> Any:
+        async for job_id, ev in self._run(req, ctx):
+            if ev.WhichOneof("kind") == "result":
+                return text_pb2.GenerateResponse(job_id=job_id, result=ev.result.text)
+        raise RpcError(grpc.StatusCode.INTERNAL, "job ended without a result")
+
+    @rpc
+    @streaming
+    async def GenerateStream(self, req: text_pb2.GenerateStreamRequest,
+                             ctx: grpc.aio.ServicerContext) -> AsyncIterator[text_pb2.GenerateStreamResponse]:
+        first = True
+        async for job_id, ev in self._run(req, ctx):
+            kind = ev.WhichOneof("kind")
+            if first:  # the job id goes out before any text, so the client can resume or cancel
+                first = False
+                yield text_pb2.GenerateStreamResponse(job_id=job_id, event_id=ev.event_id)
+            if kind == "text_chunk":
+                yield text_pb2.GenerateStreamResponse(job_id=job_id, event_id=ev.event_id, chunk=ev.text_chunk)
+            elif kind == "result":
+                yield text_pb2.GenerateStreamResponse(job_id=job_id, event_id=ev.event_id, result=ev.result.text)
+
+
+class JobServicer(_Base, jobs_pb2_grpc.JobServiceServicer):
+    @rpc
+    async def SubmitJob(self, req: jobs_pb2.SubmitJobRequest, ctx: grpc.aio.ServicerContext) -> Any:
+        owner = self.owner(ctx)
+        job_id, created = await self.plane.submit(owner, req.spec, req.idempotency_key)
+        return jobs_pb2.SubmitJobResponse(job=await self.plane.get(owner, job_id), created=created)
+
+    @rpc
+    async def GetJob(self, req: jobs_pb2.GetJobRequest, ctx: grpc.aio.ServicerContext) -> Any:
+        return jobs_pb2.GetJobResponse(job=await self.plane.get(self.owner(ctx), req.job_id))
+
+    @rpc
+    @streaming
+    async def WatchJob(self, req: jobs_pb2.WatchJobRequest,
+                       ctx: grpc.aio.ServicerContext) -> AsyncIterator[jobs_pb2.WatchJobResponse]:
+        async for ev in self.plane.watch(self.owner(ctx), req.job_id, req.after_event_id):
+            yield jobs_pb2.WatchJobResponse(job_id=req.job_id, event=ev)
+
+    @rpc
+    async def CancelJob(self, req: jobs_pb2.CancelJobRequest, ctx: grpc.aio.ServicerContext) -> Any:
+        return jobs_pb2.CancelJobResponse(job=await self.plane.cancel(self.owner(ctx), req.job_id))
+
+    @rpc
+    async def ListJobs(self, req: jobs_pb2.ListJobsRequest, ctx: grpc.aio.ServicerContext) -> Any:
+        jobs, token = await self.plane.list(self.owner(ctx), req.page_size, req.page_token)
+        return jobs_pb2.ListJobsResponse(jobs=jobs, next_page_token=token)

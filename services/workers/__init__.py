@@ -1,0 +1,1 @@
+"""Model workers: Ray Serve deployments behind Ray Serve's gRPC proxy (tessera.worker.v1)."""

@@ -1,0 +1,73 @@
+"""A trivial text worker that echoes the prompt word by word: the stand-in model for measuring the
+gateway's own overhead (loadtest.overhead) and for fault tests of the queue plane, where the
+interesting part is Redis and the dispatchers, not decoding. It speaks the real worker API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+
+from tessera.worker.v1 import worker_pb2, worker_pb2_grpc
+
+
+class EchoTextWorker(worker_pb2_grpc.TextWorkerServiceServicer):
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s
+        self.started: list[str] = []  # job ids, in call order
+        self.cancelled: list[str] = []  # job ids whose call was cancelled mid-stream
+        self.skips: dict[str, int] = {}
+
+    async def GenerateText(self, request: worker_pb2.GenerateTextRequest,
+                           context: grpc.aio.ServicerContext) -> AsyncIterator[worker_pb2.GenerateTextResponse]:
+        self.started.append(request.job_id)
+        self.skips[request.job_id] = request.skip_tokens
+        if request.prompt.startswith("!fail:"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.prompt[6:])
+        words = request.prompt.split()
+        limit = request.max_tokens or len(words)
+        words = words[:limit]
+        try:
+            for i, w in enumerate(words):
+                if i < request.skip_tokens:
+                    continue
+                if self.delay_s:
+                    await asyncio.sleep(self.delay_s)
+                yield worker_pb2.GenerateTextResponse(text=(" " if i else "") + w, token_count=1, forward_passes=i + 1)
+        except asyncio.CancelledError:
+            self.cancelled.append(request.job_id)
+            raise
+        yield worker_pb2.GenerateTextResponse(
+            finished=True, forward_passes=len(words), prompt_tokens=len(words), model=request.model or "echo",
+            finish_reason="length" if request.max_tokens and len(request.prompt.split()) > limit else "stop")
+
+    async def DescribeText(self, request: worker_pb2.DescribeTextRequest,
+                           context: grpc.aio.ServicerContext) -> worker_pb2.DescribeTextResponse:
+        return worker_pb2.DescribeTextResponse(models=[worker_pb2.TextModelInfo(name="echo", method="echo")])
+
+
+async def start_echo_worker(port: int = 0, delay_s: float = 0.0) -> tuple[grpc.aio.Server, int, EchoTextWorker]:
+    server = grpc.aio.server()
+    worker = EchoTextWorker(delay_s)
+    worker_pb2_grpc.add_TextWorkerServiceServicer_to_server(worker, server)
+    port = server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    return server, port, worker
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--port", type=int, default=9000)
+    ap.add_argument("--delay-s", type=float, default=0.0)
+    a = ap.parse_args()
+
+    async def _main() -> None:
+        server, port, _ = await start_echo_worker(a.port, a.delay_s)
+        print(f"echo worker on 127.0.0.1:{port}", flush=True)
+        await server.wait_for_termination()
+
+    asyncio.run(_main())
