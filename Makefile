@@ -1,16 +1,16 @@
 # Tessera developer commands. `make run` and `make test` bootstrap a fresh machine by themselves.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml sdk/pyproject.toml | cksum | cut -d' ' -f1)
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml sdk/pyproject.toml requirements.lock | cksum | cut -d' ' -f1)
 DEMO_Q ?= Mia has 12 shells. She finds 7 more. She gives away 3. She buys 5 more. How many shells does Mia have now?
 
 .PHONY: setup test lint bench sweep run demo train protos clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml sdk/pyproject.toml
+$(STAMP): pyproject.toml sdk/pyproject.toml requirements.lock
 	@test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[dev]' -e ./sdk
+	$(PY) -m pip install -q -c requirements.lock -e '.[dev]' -e ./sdk
 	@rm -f $(VENV)/.installed-* && touch $@
 
 test: setup

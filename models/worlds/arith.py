@@ -6,6 +6,11 @@ restates every change with its arithmetic ("She finds 7, so 12 + 7 = 19.") and e
 of their words are copied from the question, which is what a well-trained diffusion LM can
 commit many at a time. The running totals are the part that needs real computation.
 
+Every step has the same shape and token count ("She buys 7, so 12 + 7 = 19." is 11 tokens:
+single-token names, verbs and numbers), so step k of an answer always sits at the same offset
+from the prompt. A tiny diffusion model decodes positions in any order; with variable-width
+steps it loses track of which step a position belongs to and repeats or skips steps.
+
 The split is by problem fingerprint: held-out problems never appear in training data.
 """
 
@@ -20,10 +25,10 @@ NAMES_SHE = ("Mia", "Ava", "Lily", "Emma", "Zoe", "Nora", "Ruby", "Iris")
 NAMES_HE = ("Tom", "Ben", "Leo", "Max", "Sam", "Noah", "Jack", "Owen")
 ITEMS = ("apples", "marbles", "coins", "books", "stickers", "cards", "pens", "shells")
 GAIN_VERBS = ("finds", "buys", "gets", "wins")
-LOSS_VERBS = ("loses", "sells", "gives away", "uses")
+LOSS_VERBS = ("loses", "sells", "gives", "uses")
 
 MAX_TOTAL = 40
-MIN_STEPS, MAX_STEPS = 3, 9
+MIN_STEPS, MAX_STEPS = 3, 8
 PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
 
 
@@ -57,7 +62,7 @@ def make_problem(rng: random.Random, n_steps: int | None = None) -> Problem:
             a.append(f"{pron} {verb} {x}, so {total} + {x} = {total + x}.")
             total += x
         else:
-            x = rng.randint(1, min(9, total))
+            x = rng.randint(1, min(9, total - 1))
             verb = rng.choice(LOSS_VERBS)
             q.append(f"{pron} {verb} {x}.")
             a.append(f"{pron} {verb} {x}, so {total} - {x} = {total - x}.")

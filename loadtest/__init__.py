@@ -1,0 +1,1 @@
+"""Load tests and overhead measurements of the Tessera gateway (loopback only)."""
