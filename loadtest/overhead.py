@@ -30,7 +30,7 @@ from typing import Any
 
 import grpc
 
-from loadtest.stack import EchoStack
+from loadtest.stack import EchoStack, restore_signals, stop_on_signals
 from tessera.v1 import text_pb2, text_pb2_grpc
 from tessera.worker.v1 import worker_pb2, worker_pb2_grpc
 
@@ -189,29 +189,42 @@ class Diagnostics:
     loaded_wall_s: float
     loaded: dict[str, Any]  # probe stats over a concurrent run
     redis_rtt_us: dict[str, float] = field(default_factory=dict)
-    profile: list[list[Any]] = field(default_factory=list)
+    profile: dict[str, Any] = field(default_factory=dict)  # top, areas, wall_s, busy_s
+    profiled_jobs: int = 0
     profiled_jobs_per_s: float = 0.0
 
 
 async def redis_round_trip_us(url: str, n: int = 1000) -> dict[str, float]:
-    """Mean wall microseconds of one sequential redis-py asyncio command (XLEN) from this process,
-    with the gateway's client options (JobStore.from_url) and without socket_timeout."""
+    """Mean wall microseconds of one sequential Redis round trip from this process: through redis-py
+    asyncio with the gateway's client options (JobStore.from_url), and over a plain blocking socket
+    (the floor that loopback + redis-server set; the difference is client-side Python)."""
+    import socket
+    from urllib.parse import urlparse
+
     import redis.asyncio as aioredis
 
     out = {}
-    for label, kw in (("gateway options (socket_timeout=5)", {"socket_timeout": 5, "socket_connect_timeout": 2,
-                                                              "health_check_interval": 10}),
-                      ("no socket_timeout", {"socket_connect_timeout": 2, "health_check_interval": 10})):
-        r = aioredis.from_url(url, **kw)
-        try:
-            for _ in range(100):
-                await r.xlen("loadtest:none")
-            t = time.perf_counter()
-            for _ in range(n):
-                await r.xlen("loadtest:none")
-            out[label] = (time.perf_counter() - t) / n * 1e6
-        finally:
-            await r.aclose()
+    r = aioredis.from_url(url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=10)
+    try:
+        for _ in range(100):
+            await r.xlen("loadtest:none")
+        t = time.perf_counter()
+        for _ in range(n):
+            await r.xlen("loadtest:none")
+        out["redis-py asyncio XLEN"] = (time.perf_counter() - t) / n * 1e6
+    finally:
+        await r.aclose()
+    u = urlparse(url)
+    with socket.create_connection((u.hostname or "127.0.0.1", u.port or 6379), timeout=5) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        cmd = b"*2\r\n$4\r\nXLEN\r\n$13\r\nloadtest:none\r\n"
+        for i in range(100 + n):
+            if i == 100:
+                t = time.perf_counter()
+            sock.sendall(cmd)
+            if sock.recv(64) != b":0\r\n":
+                raise AssertionError("unexpected XLEN reply")
+        out["raw socket XLEN (floor)"] = (time.perf_counter() - t) / n * 1e6
     return out
 
 
@@ -235,8 +248,8 @@ async def diagnose(stack: EchoStack, samples: int = 100, requests: int = 500, co
     if profile:
         gw.call("profile_start")
         ok, _, _, _, wall = await _generate_many(stack, requests, concurrency, channels, 120.0)
-        d.profile = gw.call("profile_stop", "25")["top"]
-        d.profiled_jobs_per_s = ok / wall
+        d.profile = gw.call("profile_stop", "25")
+        d.profiled_jobs, d.profiled_jobs_per_s = ok, ok / wall
     return d
 
 
@@ -310,10 +323,16 @@ def format_diagnostics(d: Diagnostics) -> str:
              "  one sequential redis-py asyncio command (XLEN) from the load generator process:",
              *(f"    {k:44}{v:7.0f} us" for k, v in d.redis_rtt_us.items())]
     if d.profile:
-        lines += [f"  cProfile of the gateway's event-loop thread under load ({d.profiled_jobs_per_s:.0f} jobs/s "
-                  "while profiled), top by own time:",
-                  f"    {'tottime s':>10}{'cumtime s':>10}{'calls':>9}  function"]
-        lines += [f"    {tt:10.3f}{ct:10.3f}{nc:9d}  {fn}" for fn, nc, tt, ct in d.profile]
+        p = d.profile
+        own = sum(p["areas"].values())
+        lines += [f"  cProfile of the gateway's event-loop thread, {d.profiled_jobs} jobs under load "
+                  f"({d.profiled_jobs_per_s:.0f} jobs/s while profiled; cProfile slows Python code down):",
+                  f"    loop busy {p['busy_s']:.2f} s of {p['wall_s']:.2f} s wall; "
+                  f"own time {1000 * own / d.profiled_jobs:.2f} ms per job, by area:",
+                  "    " + ", ".join(f"{a} {100 * t / own:.0f}%" for a, t in
+                                     sorted(p["areas"].items(), key=lambda kv: -kv[1]) if own),
+                  f"    {'tottime s':>10}{'cumtime s':>10}{'calls':>9}  function (coroutine calls count resumptions)"]
+        lines += [f"    {tt:10.3f}{ct:10.3f}{nc:9d}  {fn}" for fn, nc, tt, ct in p["top"]]
     return "\n".join(lines)
 
 
@@ -366,14 +385,18 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--requests, --concurrency, --channels and --samples must be positive")
     # Processes are started and stopped outside the event loop, so they are cleaned up however
     # the measurement ends (Ctrl-C cancels the main task, then this finally runs).
-    stack = EchoStack.start(max_in_flight=a.max_in_flight, gateway_loop=a.gateway_loop)
+    previous = stop_on_signals()
     try:
-        lat, tp, d = asyncio.run(run(a, stack))
+        stack = EchoStack.start(max_in_flight=a.max_in_flight, gateway_loop=a.gateway_loop)
+        try:
+            lat, tp, d = asyncio.run(run(a, stack))
+        finally:
+            stack.close()
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     finally:
-        stack.close()
+        restore_signals(previous)
     if a.json:
         print(json.dumps(to_json(lat, tp, d)))
     else:

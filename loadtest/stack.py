@@ -307,14 +307,24 @@ class Probe:
         return {"calls": self.calls, "sleeps": self.sleeps}
 
 
-def _top_functions(prof: cProfile.Profile, n: int) -> list[list[Any]]:
+_AREAS = (("redis-py", "redis/"), ("grpc", "grpc/"), ("protobuf", "google/protobuf"), ("tessera services", "services/"),
+          ("asyncio", "asyncio/"))
+
+
+def _profile_report(prof: cProfile.Profile, wall_s: float, n: int) -> dict[str, Any]:
+    """Top n functions by own time, own time summed by area (built-ins such as socket.send count as
+    "C built-ins"), and how busy the event-loop thread was (callback time / wall time)."""
     st = pstats.Stats(prof, stream=io.StringIO())
-    rows = []
+    rows, areas, busy = [], dict.fromkeys([a for a, _ in _AREAS] + ["C built-ins", "other"], 0.0), 0.0
     for (filename, line, func), (_cc, ncalls, tottime, cumtime, _callers) in st.stats.items():  # type: ignore[attr-defined]
         short = filename.replace(str(ROOT) + "/", "").split("site-packages/")[-1]
         rows.append([f"{short}:{line}({func})", ncalls, tottime, cumtime])
+        area = "C built-ins" if filename == "~" else next((a for a, m in _AREAS if m in filename), "other")
+        areas[area] += tottime
+        if filename.endswith("asyncio/events.py") and func == "_run":
+            busy = cumtime  # every callback and task step of the loop runs inside Handle._run
     rows.sort(key=lambda r: r[2], reverse=True)
-    return rows[:n]
+    return {"top": rows[:n], "areas": areas, "wall_s": wall_s, "busy_s": busy}
 
 
 def loadtest_auth(api_key: str) -> Any:
@@ -344,10 +354,11 @@ async def _gateway_child(a: argparse.Namespace) -> None:
     probe = Probe({store._submit.sha: "SUBMIT", store._transition.sha: "TRANSITION",
                    store._start.sha: "START", store._chunk.sha: "CHUNK"})
     prof: cProfile.Profile | None = None
+    prof_t0 = 0.0
     _say(f"READY {port}")
 
     async def handle(words: list[str]) -> dict[str, Any]:
-        nonlocal probe, prof
+        nonlocal probe, prof, prof_t0
         cmd = words[0]
         if cmd == "probe_on":
             probe = Probe(probe.script_names)  # fresh counters
@@ -360,15 +371,16 @@ async def _gateway_child(a: argparse.Namespace) -> None:
             return probe.stats()
         if cmd == "profile_start":
             prof = cProfile.Profile()
+            prof_t0 = time.perf_counter()
             prof.enable()
             return {"ok": True}
         if cmd == "profile_stop":
             if prof is None:
                 return {"error": "profile_start first"}
             prof.disable()
-            top = _top_functions(prof, int(words[1]) if len(words) > 1 else 25)
+            report = _profile_report(prof, time.perf_counter() - prof_t0, int(words[1]) if len(words) > 1 else 25)
             prof = None
-            return {"top": top}
+            return report
         return {"error": f"unknown command {cmd!r}"}
 
     try:
@@ -406,6 +418,22 @@ def _child_main(a: argparse.Namespace) -> None:
     asyncio.run(_worker_child(a) if a.child == "worker" else _gateway_child(a))
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def stop_on_signals() -> dict[int, Any]:
+    """Turn SIGTERM (and SIGINT, which a shell ignores for background jobs) into KeyboardInterrupt,
+    so `finally` blocks stop the stack's processes instead of orphaning redis-server. Returns the
+    previous handlers, for restore_signals."""
+    return {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def restore_signals(previous: dict[int, Any]) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description="Serve a loopback Redis + echo worker + gateway stack until Ctrl-C")
     ap.add_argument("--port", type=int, default=50051, help="gateway port (0 = any free port)")
@@ -423,6 +451,7 @@ def main() -> None:
     if a.child:
         _child_main(a)
         return
+    stop_on_signals()
     with EchoStack.start(a.max_in_flight, a.delay_s, a.port, a.api_key, a.gateway_loop) as st:
         print(f"gateway {st.gateway_address} (echo worker {st.worker_address}, redis {st.redis.url}, "
               f"dispatcher max_in_flight {a.max_in_flight})\n\n"

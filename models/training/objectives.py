@@ -28,12 +28,29 @@ def _answer_positions(batch: Batch) -> torch.Tensor:
     return (pos >= batch.prompt_len[:, None]) & (pos < batch.valid_len[:, None])
 
 
-def masked_diffusion_loss(model: Transformer, batch: Batch, gen: torch.Generator) -> torch.Tensor:
+def tie_masks(ids: torch.Tensor, masked: torch.Tensor, answer: torch.Tensor, tied: torch.Tensor | None) -> torch.Tensor:
+    """Mask every answer copy of a masked `tied` token (e.g. numbers).
+
+    In "so 3 + 5 = 8. He buys 4, so 8 + 4 = 12." the result 8 reappears as the next step's left
+    operand. With independent masking the model learns to copy it from there instead of adding,
+    and fails at decoding time, when the next step does not exist yet. Masking all copies together
+    removes that shortcut, so the only way to predict a masked result is to compute it.
+    """
+    if tied is None:
+        return masked
+    hit = torch.zeros(ids.shape[0], tied.shape[0], dtype=torch.bool)
+    sel = masked & tied[ids]
+    hit[sel.nonzero()[:, 0], ids[sel]] = True
+    return masked | (hit.gather(1, ids) & answer)
+
+
+def masked_diffusion_loss(model: Transformer, batch: Batch, gen: torch.Generator,
+                          tied: torch.Tensor | None = None) -> torch.Tensor:
     ids = batch.ids
     b, length = ids.shape
     answer = _answer_positions(batch)
     t = (1 - EPS) * torch.rand(b, generator=gen) + EPS
-    masked = (torch.rand(b, length, generator=gen) < t[:, None]) & answer
+    masked = tie_masks(ids, (torch.rand(b, length, generator=gen) < t[:, None]) & answer, answer, tied)
     noisy = torch.where(masked, model.config.mask_token_id, ids)
     logits = model(noisy, mask=batch.key_mask())
     ce = F.cross_entropy(logits[masked], ids[masked], reduction="none")
@@ -56,7 +73,8 @@ def d2f_block_ids(prompt_len: torch.Tensor, length: int, block_size: int) -> tor
     return torch.where(pos < prompt_len[:, None], torch.zeros_like(gen), gen)
 
 
-def d2f_distill_loss(model: Transformer, batch: Batch, gen: torch.Generator, block_size: int = 16) -> torch.Tensor:
+def d2f_distill_loss(model: Transformer, batch: Batch, gen: torch.Generator, block_size: int = 16,
+                     tied: torch.Tensor | None = None) -> torch.Tensor:
     ids = batch.ids
     b, length = ids.shape
     bid = d2f_block_ids(batch.prompt_len, length, block_size)
@@ -64,7 +82,7 @@ def d2f_distill_loss(model: Transformer, batch: Batch, gen: torch.Generator, blo
     ratios = monotonic_ratios(b, num_blocks, gen)
     answer = _answer_positions(batch)
     p_tok = torch.gather(ratios, 1, (bid - 1).clamp(min=0))
-    masked = (torch.rand(b, length, generator=gen) < p_tok) & answer
+    masked = tie_masks(ids, (torch.rand(b, length, generator=gen) < p_tok) & answer, answer, tied)
     noisy = torch.where(masked, model.config.mask_token_id, ids)
     with torch.no_grad(), adapter_disabled(model):
         teacher = model(noisy, mask=batch.key_mask())[masked].softmax(-1)

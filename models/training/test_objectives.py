@@ -77,3 +77,17 @@ def test_ar_loss_decreases_with_training() -> None:
         loss.backward()
         opt.step()
     assert loss.item() < 0.7 * first
+
+
+def test_tied_tokens_are_masked_together_inside_the_answer_only() -> None:
+    from models.training.objectives import tie_masks
+
+    ids = torch.tensor([[7, 1, 5, 2, 7, 5, 3, 7]])
+    tied = torch.zeros(10, dtype=torch.bool)
+    tied[5] = tied[7] = True
+    answer = torch.tensor([[False, True, True, True, True, True, True, True]])
+    masked = torch.zeros_like(answer)
+    masked[0, 4] = True  # one copy of 7 is masked...
+    out = tie_masks(ids, masked, answer, tied)
+    assert out[0].tolist() == [False, False, False, False, True, False, False, True]  # ...so is the other
+    assert torch.equal(tie_masks(ids, masked, answer, None), masked)

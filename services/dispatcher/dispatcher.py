@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import grpc
 import redis.asyncio as aioredis
 
+from services.common.aio import cancel_all
 from services.common.jobstore import GROUP, TERMINAL, JobRecord, JobStore, event_bytes, now_ms
 from services.common.metrics import Metrics
 from services.dispatcher.worker_client import WorkerClient, WorkerError
@@ -51,6 +52,7 @@ class Dispatcher:
     service: str = "text"
     name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}")
     running: dict[str, _Running] = field(default_factory=dict)
+    _slot_free: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def run(self) -> None:
         """Dispatch until cancelled; survives Redis outages (retries with backoff)."""
@@ -59,11 +61,7 @@ class Dispatcher:
         try:
             await asyncio.gather(*tasks)
         finally:
-            for t in tasks:
-                t.cancel()
-            for r in list(self.running.values()):
-                r.task.cancel()
-            await asyncio.gather(*tasks, *(r.task for r in self.running.values()), return_exceptions=True)
+            await cancel_all([*tasks, *(r.task for r in self.running.values())])
 
     # ---- intake ------------------------------------------------------------------------------------
     async def _consume(self) -> None:
@@ -74,8 +72,9 @@ class Dispatcher:
                 await self.store.ensure_group(self.service)
                 while True:
                     free = self.cfg.max_in_flight - len(self.running)
-                    if free <= 0:
-                        await asyncio.sleep(0.005)
+                    if free <= 0:  # window full: wake when a job ends, not on a timer
+                        self._slot_free.clear()
+                        await self._slot_free.wait()
                         continue
                     resp = await self.store.r.xreadgroup(GROUP, self.name, {q: ">"}, count=free, block=1000)
                     for _, entries in resp or []:
@@ -99,6 +98,7 @@ class Dispatcher:
 
     def _forget(self, job_id: str) -> None:
         self.running.pop(job_id, None)
+        self._slot_free.set()
         self.metrics.in_flight.labels(self.service).set(len(self.running))
 
     # ---- one job ------------------------------------------------------------------------------------

@@ -72,8 +72,10 @@ class DataPlane:
             raise RpcError(grpc.StatusCode.NOT_FOUND, f"job {job_id} not found (or expired)", reason="JOB_NOT_FOUND")
         return rec.job
 
-    async def watch(self, owner: str, job_id: str, after: str = "") -> AsyncIterator[jobs_pb2.JobEvent]:
-        await self.get(owner, job_id)
+    async def watch(self, owner: str, job_id: str, after: str = "",
+                    check_owner: bool = True) -> AsyncIterator[jobs_pb2.JobEvent]:
+        if check_owner:  # skipped for a job this call just submitted itself
+            await self.get(owner, job_id)
         if after and not _valid_stream_id(after):
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "after_event_id is not an event id",
                            violations=[("after_event_id", "must be an event_id received from this job")])

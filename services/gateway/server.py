@@ -16,6 +16,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.common.aio import cancel_all
 from services.common.jobstore import JobStore
 from services.common.metrics import Metrics, poll_queues
 from services.dispatcher.dispatcher import Dispatcher
@@ -76,9 +77,7 @@ class Gateway:
         if self.server is not None:
             await self.health.enter_graceful_shutdown()
             await self.server.stop(self.cfg.grace_s)
-        for t in self.tasks:
-            t.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await cancel_all(self.tasks)
         if self.worker is not None:
             await self.worker.close()
         if self.store is not None:

@@ -76,16 +76,20 @@ class TextGenerationServicer(_Base, text_pb2_grpc.TextGenerationServiceServicer)
         owner = self.owner(ctx)
         job_id, _ = await self.plane.submit(owner, jobs_pb2.JobSpec(text=req.request), req.idempotency_key,
                                             _deadline(ctx), field="request")
+        ended = False
         try:
-            async for ev in self.plane.watch(owner, job_id):
-                if ev.WhichOneof("kind") == "error":
+            async for ev in self.plane.watch(owner, job_id, check_owner=False):
+                kind = ev.WhichOneof("kind")
+                if kind == "error":
                     raise error_from_status(ev.error)
+                ended = kind == "result"
                 yield job_id, ev
         except (asyncio.CancelledError, GeneratorExit):
-            # The caller went away (cancelled, deadline passed): interactive work is not worth
-            # finishing, so stop the job and with it the worker's decoding loop. Other failures
-            # (e.g. a Redis blip) leave the job running for a retry with the same idempotency key.
-            await asyncio.shield(self._cancel_quietly(job_id))
+            # The caller went away (cancelled, deadline passed) before the result: interactive work
+            # is not worth finishing, so stop the job and with it the worker's decoding loop. Other
+            # failures (e.g. a Redis blip) leave the job running for a retry with the same key.
+            if not ended:
+                await asyncio.shield(self._cancel_quietly(job_id))
             raise
 
     async def _cancel_quietly(self, job_id: str) -> None:
