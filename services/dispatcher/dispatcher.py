@@ -160,6 +160,8 @@ class Dispatcher:
         if skip:  # the text streamed by earlier attempts is part of the result
             text_parts.append(await self._streamed_text(job_id))
         created = rec.create_ms / 1000
+        dispatched = time.time()
+        first_chunk: float | None = None
         last_chunk: float | None = None
         max_tokens = req.params.max_tokens or 128
         finish = common_pb2.FINISH_REASON_UNSPECIFIED
@@ -173,6 +175,8 @@ class Dispatcher:
                     if not await self.store.append_chunk(job_id, attempt, event_bytes(text_chunk=chunk), total,
                                                          min(1.0, total / max_tokens)):
                         return "gone"  # cancelled, or reclaimed by another dispatcher: stop writing
+                    if first_chunk is None:
+                        first_chunk = now
                     if last_chunk is None and skip == 0:
                         self.metrics.ttfc.labels(self.service, model).observe(now - created)
                     elif last_chunk is not None:
@@ -192,7 +196,8 @@ class Dispatcher:
         new_tokens = total - skip
         usage = text_pb2.TextUsage(prompt_tokens=prompt_tokens, completion_tokens=total, forward_passes=forwards,
                                    tokens_per_forward=new_tokens / forwards if forwards else 0.0,
-                                   total_s=done - created)
+                                   time_to_first_chunk_s=(first_chunk or done) - created, total_s=done - created,
+                                   queue_s=dispatched - created)
         result = jobs_pb2.JobResult(text=text_pb2.TextResult(text="".join(text_parts), finish_reason=finish,
                                                              usage=usage, model=model))
         if not await self.store.succeed(job_id, attempt, result):

@@ -40,6 +40,8 @@ def test_generate_and_stream_end_to_end(redis_server) -> None:
             resp = await s.text.Generate(text_pb2.GenerateRequest(request=text_req()), metadata=md(), timeout=10)
             assert resp.result.text == PROMPT
             assert resp.result.finish_reason == 1 and resp.result.usage.completion_tokens == 8
+            u = resp.result.usage
+            assert 0 <= u.queue_s <= u.time_to_first_chunk_s <= u.total_s and u.total_s > 0
             msgs = [m async for m in s.text.GenerateStream(text_pb2.GenerateStreamRequest(request=text_req()),
                                                              metadata=md(), timeout=10)]
             assert msgs[0].job_id and not msgs[0].WhichOneof("payload")
