@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -49,8 +50,6 @@ def tokenizer_dir(model_dir: Path) -> Path:
     """Where a model's tokenizer lives: its own dir, else its adapter's base model dir."""
     if (model_dir / "tokenizer.json").exists():
         return model_dir
-    import json
-
     acfg = model_dir / "adapter_config.json"
     if acfg.exists():
         base = Path(json.loads(acfg.read_text())["base_model_name_or_path"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 DOMAIN = "tessera.ai"
@@ -62,5 +62,3 @@ def status_code_of(code: int) -> grpc.StatusCode:
             return c
     return grpc.StatusCode.UNKNOWN
 
-
-__all__ = ["RpcError", "abort", "code_pb2", "invalid_argument", "status_code_of", "unavailable"]

@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 import yaml
 
-from services.common.rpc_errors import RpcError
+from services.common.rpc_errors import RpcError, abort
 from services.gateway.config import AuthConfig
 
 OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
@@ -144,8 +144,6 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
 
 def _rejecting_handler(handler: grpc.RpcMethodHandler | None, err: RpcError) -> grpc.RpcMethodHandler:
-    from services.common.rpc_errors import abort
-
     async def unary(_req: Any, ctx: grpc.aio.ServicerContext) -> None:
         await abort(ctx, err)
 

@@ -17,7 +17,7 @@ from google.rpc import status_pb2
 
 from services.common.jobstore import TERMINAL, JobStore, now_ms
 from services.common.metrics import Metrics
-from services.common.rpc_errors import RpcError, unavailable
+from services.common.rpc_errors import RpcError, status_code_of, unavailable
 from services.gateway.config import GatewayConfig
 from services.gateway.validation import check_job_id, check_text
 from tessera.v1 import jobs_pb2, text_pb2
@@ -129,6 +129,4 @@ def _valid_stream_id(s: str) -> bool:
 
 
 def error_from_status(st: status_pb2.Status) -> RpcError:
-    from services.common.rpc_errors import status_code_of
-
     return RpcError(status_code_of(st.code), st.message)

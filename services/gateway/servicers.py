@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -21,40 +22,37 @@ def _deadline(ctx: grpc.aio.ServicerContext) -> float | None:
     return remaining if remaining is not None and remaining < 10 * 86400 else None
 
 
+@contextlib.asynccontextmanager
+async def _handled(plane: DataPlane, name: str, ctx: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+    """Counts the call by status code and turns RpcError into a rich gRPC status."""
+    code = "OK"
+    try:
+        yield
+    except RpcError as err:
+        code = err.code.name
+        await abort(ctx, err)
+    except asyncio.CancelledError:
+        code = "CANCELLED"
+        raise
+    finally:
+        plane.metrics.requests.labels(name, code).inc()
+
+
 def rpc(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Counts each call by status code and turns RpcError into a rich gRPC status."""
     name = method.__name__
 
     if getattr(method, "_streaming", False):
         @functools.wraps(method)
         async def stream(self: Any, req: Any, ctx: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            code = "OK"
-            try:
+            async with _handled(self.plane, name, ctx):
                 async for msg in method(self, req, ctx):
                     yield msg
-            except RpcError as err:
-                code = err.code.name
-                await abort(ctx, err)
-            except asyncio.CancelledError:
-                code = "CANCELLED"
-                raise
-            finally:
-                self.plane.metrics.requests.labels(name, code).inc()
         return stream
 
     @functools.wraps(method)
     async def unary(self: Any, req: Any, ctx: grpc.aio.ServicerContext) -> Any:
-        code = "OK"
-        try:
+        async with _handled(self.plane, name, ctx):
             return await method(self, req, ctx)
-        except RpcError as err:
-            code = err.code.name
-            await abort(ctx, err)
-        except asyncio.CancelledError:
-            code = "CANCELLED"
-            raise
-        finally:
-            self.plane.metrics.requests.labels(name, code).inc()
     return unary
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from services.common.rpc_errors import RpcError, invalid_argument
+from services.common.rpc_errors import invalid_argument
 from services.gateway.config import TextLimits
 from tessera.v1 import text_pb2
 
@@ -43,5 +43,3 @@ def check_job_id(job_id: str) -> None:
     if not job_id or len(job_id) > 64 or not job_id.isalnum():
         raise invalid_argument([("job_id", "must be a job id returned by the API")])
 
-
-__all__ = ["RpcError", "check_job_id", "check_text", "text_violations"]
