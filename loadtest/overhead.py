@@ -379,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", action="store_true", help="also cProfile the gateway process under load")
     ap.add_argument("--gateway-loop", choices=["asyncio", "uvloop"], default="asyncio",
                     help="event loop of the gateway process (uvloop: an experiment; the gateway ships on asyncio)")
+    ap.add_argument("--dispatchers", type=int, default=0,
+                    help="run N dispatcher processes beside the gateway (default 0: inside the gateway process)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     a = ap.parse_args(argv)
     if min(a.requests, a.concurrency, a.channels, a.samples) <= 0 or a.warmup < 0:
@@ -387,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     # the measurement ends (Ctrl-C cancels the main task, then this finally runs).
     previous = stop_on_signals()
     try:
-        stack = EchoStack.start(max_in_flight=a.max_in_flight, gateway_loop=a.gateway_loop)
+        stack = EchoStack.start(max_in_flight=a.max_in_flight, gateway_loop=a.gateway_loop, dispatchers=a.dispatchers)
         try:
             lat, tp, d = asyncio.run(run(a, stack))
         finally:

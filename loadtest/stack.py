@@ -1,5 +1,6 @@
 """A loopback Tessera stack for load tests: a private redis-server, an echo worker, and ONE gateway
-process (with its in-process dispatcher), each in its own OS process.
+process, each in its own OS process. Dispatchers run inside the gateway process (the default) or,
+with `dispatchers=N`, as N processes of their own (how a cluster scales them).
 
 Separate processes because what we measure is the gateway process: a load generator or a worker
 sharing the gateway's event loop (and GIL) would bill their own CPU to the gateway. The parent
@@ -133,26 +134,35 @@ class EchoStack:
     max_in_flight: int
     api_key: str
     delay_s: float
+    dispatchers: list[Child] = field(default_factory=list)  # empty: dispatching runs in the gateway
     closed: bool = field(default=False)
 
     @classmethod
     def start(cls, max_in_flight: int = 64, delay_s: float = 0.0, port: int = 0,
-              api_key: str = DEFAULT_KEY, gateway_loop: str = "asyncio") -> EchoStack:
+              api_key: str = DEFAULT_KEY, gateway_loop: str = "asyncio", dispatchers: int = 0) -> EchoStack:
         from services.common.redis_server import RedisServer
 
         redis = RedisServer().start()
-        worker: Child | None = None
+        children: list[Child] = []
+        prefix = f"lt{os.urandom(4).hex()}:"
         try:
             worker = Child("worker", ["--delay-s", str(delay_s)])
-            gateway = Child("gateway", ["--redis-url", redis.url, "--worker", f"127.0.0.1:{worker.port}",
-                                        "--max-in-flight", str(max_in_flight), "--port", str(port),
-                                        "--api-key", api_key, "--loop", gateway_loop])
+            children.append(worker)
+            common = ["--redis-url", redis.url, "--worker", f"127.0.0.1:{worker.port}", "--prefix", prefix,
+                      "--max-in-flight", str(max_in_flight), "--loop", gateway_loop]
+            gateway = Child("gateway", [*common, "--port", str(port), "--api-key", api_key,
+                                        "--in-process-dispatcher", "0" if dispatchers else "1"])
+            children.append(gateway)
+            extra = []
+            for _ in range(dispatchers):
+                extra.append(Child("dispatcher", common))
+                children.append(extra[-1])
         except BaseException:
-            if worker is not None:
-                worker.stop()
+            for c in reversed(children):
+                c.stop()
             redis.__exit__(None, None, None)
             raise
-        return cls(redis, worker, gateway, max_in_flight, api_key, delay_s)
+        return cls(redis, worker, gateway, max_in_flight, api_key, delay_s, extra)
 
     @property
     def gateway_address(self) -> str:
@@ -168,16 +178,19 @@ class EchoStack:
 
     def cpu_s(self) -> dict[str, float | None]:
         """CPU seconds so far of each process; `client` is this (the load-generating) process."""
-        return {"gateway": self.gateway.cpu_s(), "worker": self.worker.cpu_s(),
-                "redis": proc_cpu_s(self.redis.proc.pid) if self.redis.proc else None,
-                "client": time.process_time()}
+        out = {"gateway": self.gateway.cpu_s(), "worker": self.worker.cpu_s(),
+               "redis": proc_cpu_s(self.redis.proc.pid) if self.redis.proc else None,
+               "client": time.process_time()}
+        for i, d in enumerate(self.dispatchers):
+            out[f"dispatcher{i}"] = d.cpu_s()
+        return out
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
-        # Gateway first: it holds Redis connections and a channel to the worker.
-        for child in (self.gateway, self.worker):
+        # Gateway and dispatchers first: they hold Redis connections and channels to the worker.
+        for child in (self.gateway, *self.dispatchers, self.worker):
             with contextlib.suppress(Exception):
                 child.stop()
         self.redis.__exit__(None, None, None)  # stops redis-server and removes its directory
@@ -343,9 +356,9 @@ async def _gateway_child(a: argparse.Namespace) -> None:
     from services.gateway.server import Gateway
 
     logging.basicConfig(level=logging.WARNING, format="gateway child %(levelname)s %(name)s: %(message)s")
-    cfg = GatewayConfig(port=a.port, metrics_port=0, redis_url=a.redis_url, key_prefix=f"lt{os.urandom(4).hex()}:",
-                        grace_s=0.5, dispatcher=DispatcherConfig(worker_address=a.worker,
-                                                                 max_in_flight=a.max_in_flight))
+    cfg = GatewayConfig(port=a.port, metrics_port=0, redis_url=a.redis_url, key_prefix=a.prefix, grace_s=0.5,
+                        dispatcher=DispatcherConfig(enabled=a.in_process_dispatcher == 1, worker_address=a.worker,
+                                                    max_in_flight=a.max_in_flight))
     gw = Gateway(cfg)
     port = await gw.start(loadtest_auth(a.api_key))
     store = gw.store
@@ -407,6 +420,32 @@ async def _stop_gateway(gw: Any, timeout_s: float = 3.0) -> None:
             t.cancel()
 
 
+async def _dispatcher_child(a: argparse.Namespace) -> None:
+    from services.common.jobstore import JobStore
+    from services.common.metrics import Metrics
+    from services.dispatcher.dispatcher import Dispatcher
+    from services.dispatcher.worker_client import WorkerClient
+    from services.gateway.config import DispatcherConfig
+
+    store = JobStore.from_url(a.redis_url, prefix=a.prefix)
+    worker = WorkerClient(a.worker, "text")
+    task = asyncio.create_task(Dispatcher(store, worker, DispatcherConfig(worker_address=a.worker,
+                                                                          max_in_flight=a.max_in_flight),
+                                          Metrics()).run())
+    _say("READY 0")
+
+    async def handle(words: list[str]) -> dict[str, Any]:
+        return {"error": f"unknown command {words[0]!r}"}
+
+    try:
+        await _serve_commands(handle)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait_for(task, 3.0)
+        await worker.close()
+
+
 def _child_main(a: argparse.Namespace) -> None:
     # Ctrl-C in a terminal signals the whole process group; the parent decides when we stop
     # (by closing our stdin), so it can shut the stack down in order.
@@ -415,7 +454,8 @@ def _child_main(a: argparse.Namespace) -> None:
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    asyncio.run(_worker_child(a) if a.child == "worker" else _gateway_child(a))
+    children = {"worker": _worker_child, "gateway": _gateway_child, "dispatcher": _dispatcher_child}
+    asyncio.run(children[a.child](a))
 
 
 def _interrupt(signum: int, _frame: object) -> None:
@@ -443,8 +483,12 @@ def main() -> None:
     ap.add_argument("--gateway-loop", choices=["asyncio", "uvloop"], default="asyncio",
                     help="event loop of the gateway process (uvloop: an experiment, not what production runs)")
     # Internal: run as one child of a stack.
-    ap.add_argument("--child", choices=["worker", "gateway"], help=argparse.SUPPRESS)
+    ap.add_argument("--dispatchers", type=int, default=0,
+                    help="dispatcher processes of their own (0: dispatch inside the gateway process)")
+    ap.add_argument("--child", choices=["worker", "gateway", "dispatcher"], help=argparse.SUPPRESS)
     ap.add_argument("--redis-url", help=argparse.SUPPRESS)
+    ap.add_argument("--prefix", default="lt:", help=argparse.SUPPRESS)
+    ap.add_argument("--in-process-dispatcher", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--loop", default="asyncio", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -452,7 +496,7 @@ def main() -> None:
         _child_main(a)
         return
     stop_on_signals()
-    with EchoStack.start(a.max_in_flight, a.delay_s, a.port, a.api_key, a.gateway_loop) as st:
+    with EchoStack.start(a.max_in_flight, a.delay_s, a.port, a.api_key, a.gateway_loop, a.dispatchers) as st:
         print(f"gateway {st.gateway_address} (echo worker {st.worker_address}, redis {st.redis.url}, "
               f"dispatcher max_in_flight {a.max_in_flight})\n\n"
               f"  TESSERA_API_KEY={a.api_key} locust -f loadtest/locustfile.py --headless -u 8 -r 4 -t 30s "

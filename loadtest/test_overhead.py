@@ -29,6 +29,16 @@ def stack() -> Iterator[EchoStack]:
         yield st
 
 
+def test_separate_dispatcher_processes_serve_the_gateway_queue() -> None:
+    """With dispatchers=2 the gateway process only queues and waits (its own dispatcher is off, so
+    no job could finish without them); two dispatcher processes of their own, sharing the key
+    prefix and consumer group, complete every job and are billed their own CPU."""
+    with EchoStack.start(max_in_flight=8, dispatchers=2) as st:
+        tp = asyncio.run(measure_throughput(st, requests=60, concurrency=8, channels=1, warmup=4))
+        assert (tp.completed, tp.failed) == (60, 0)
+        assert {"dispatcher0", "dispatcher1"} <= set(tp.cpu_s)
+
+
 def test_pct_interpolates_between_order_statistics() -> None:
     assert pct([3.0, 1.0, 2.0], 50) == 2.0
     assert pct([1.0, 2.0], 50) == 1.5

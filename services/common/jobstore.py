@@ -7,12 +7,18 @@ Keys (prefix `tessera:` by default):
   job:{id}               Hash: the job record (state, spec, attempts, tokens, result, error, ...).
   job:{id}:events        Stream of JobEvent protos; WatchJob / GenerateStream read it, so any
                          gateway replica can serve any job and clients resume by event id.
+  job:{id}:final         Stream holding only the job's terminal event (result or error): a
+                         unary call waits on it with one blocking read instead of one read per
+                         event.
   idem:{owner}:{key}     Idempotency key -> job id.
   owner:{owner}          Sorted set of the owner's job ids by creation time (ListJobs).
   dlq:{service}          Dead-letter stream of jobs that exhausted their attempts.
   cancels                Pub/sub channel: job ids to stop now.
 Every state change goes through one Lua script, so a job ends exactly once and a dispatcher whose
 job was reclaimed (its attempt number is stale: a fencing token) cannot write to it any more.
+Round trips are the gateway's main cost, so each script does all of one step's work: claiming a
+job returns its record, chunks are appended in batches, and ending a job also acknowledges and
+deletes its queue entry.
 """
 
 from __future__ import annotations
@@ -51,44 +57,54 @@ return {1, job_id}
 """
 
 # Move a job to a new state if its state is one of ARGV[1] (comma list) and, when ARGV[2] is not
-# empty, its attempt number equals ARGV[2]. ARGV[3]: new state; ARGV[4..]: events to append
-# (may be ''), then '|' and hash fields to set. Returns 1 when applied.
+# empty, its attempt number equals ARGV[2]. ARGV[3]: new state; ARGV[4]: TTL; ARGV[5]: queue entry
+# id to acknowledge and delete from KEYS[4] when applied ('' = none); ARGV[6..]: events to append,
+# then '|' and hash fields to set. A terminal state also writes its last event to KEYS[3] (final).
+# Returns 1 when applied.
 _TRANSITION = """
-local job, events = KEYS[1], KEYS[2]
+local job, events, final, queue = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local state = redis.call('HGET', job, 'state')
 if not state then return -1 end
 local ok = false
 for s in string.gmatch(ARGV[1], '[^,]+') do if s == state then ok = true end end
 if not ok then return 0 end
 if ARGV[2] ~= '' and redis.call('HGET', job, 'attempts') ~= ARGV[2] then return 0 end
-local i = 4
+local i, last = 6, nil
 while ARGV[i] ~= '|' do
-  if ARGV[i] ~= '' then redis.call('XADD', events, '*', 'e', ARGV[i]) end
+  if ARGV[i] ~= '' then redis.call('XADD', events, '*', 'e', ARGV[i]); last = ARGV[i] end
   i = i + 1
 end
 redis.call('HSET', job, 'state', ARGV[3], unpack(ARGV, i + 1))
+if last and (ARGV[3] == '3' or ARGV[3] == '4' or ARGV[3] == '5') then
+  redis.call('XADD', final, '*', 'e', last)
+  redis.call('EXPIRE', final, tonumber(ARGV[4]))
+end
+if ARGV[5] ~= '' then
+  redis.call('XACK', queue, 'dispatchers', ARGV[5])
+  redis.call('XDEL', queue, ARGV[5])
+end
 return 1
 """
 
 # Claim a job for a dispatch attempt: QUEUED/RUNNING -> RUNNING with attempts + 1.
-# Returns the new attempt number, 0 if the job already ended, -1 if it is gone.
+# Returns {attempt, record}: attempt 0 if the job already ended, -1 if it is gone.
 _START = """
 local job, events = KEYS[1], KEYS[2]
 local state = redis.call('HGET', job, 'state')
-if not state then return -1 end
-if state ~= '1' and state ~= '2' then return 0 end
+if not state then return {-1, {}} end
+if state ~= '1' and state ~= '2' then return {0, {}} end
 local attempts = redis.call('HINCRBY', job, 'attempts', 1)
 redis.call('HSET', job, 'state', 2, 'update_ms', ARGV[1])
 redis.call('XADD', events, '*', 'e', ARGV[2])
-return attempts
+return {attempts, redis.call('HGETALL', job)}
 """
 
-# Append a text chunk if the caller still owns the running attempt (fencing).
+# Append text chunks (ARGV[5..]) if the caller still owns the running attempt (fencing).
 _CHUNK = """
 local job, events = KEYS[1], KEYS[2]
 if redis.call('HGET', job, 'state') ~= '2' or redis.call('HGET', job, 'attempts') ~= ARGV[1] then return 0 end
-local id = redis.call('XADD', events, '*', 'e', ARGV[2])
-redis.call('HSET', job, 'tokens', ARGV[3], 'progress', ARGV[4], 'update_ms', ARGV[5])
+for i = 5, #ARGV do redis.call('XADD', events, '*', 'e', ARGV[i]) end
+redis.call('HSET', job, 'tokens', ARGV[2], 'progress', ARGV[3], 'update_ms', ARGV[4])
 return 1
 """
 
@@ -145,6 +161,9 @@ class JobStore:
     def events_key(self, job_id: str) -> str:
         return f"{self.p}job:{job_id}:events"
 
+    def final_key(self, job_id: str) -> str:
+        return f"{self.p}job:{job_id}:final"
+
     def dlq_key(self, service: str) -> str:
         return f"{self.p}dlq:{service}"
 
@@ -168,29 +187,17 @@ class JobStore:
         return (jid.decode() if isinstance(jid, bytes) else jid), bool(created)
 
     async def get(self, job_id: str) -> JobRecord | None:
-        h = await self.r.hgetall(self.job_key(job_id))
-        if not h:
-            return None
-        g = {k.decode(): v for k, v in h.items()}
-        job = jobs_pb2.Job(id=job_id, state=int(g["state"]), attempts=int(g.get("attempts", b"0")),
-                           idempotency_key=g.get("idem_key", b"").decode(), progress=float(g.get("progress", 0)),
-                           create_time=_ts(int(g["create_ms"])), update_time=_ts(int(g["update_ms"])))
-        job.spec.ParseFromString(g.get("spec", b""))
-        if g.get("result"):
-            job.result.ParseFromString(g["result"])
-        if g.get("error"):
-            job.error.ParseFromString(g["error"])
-        return JobRecord(job, g.get("owner", b"").decode(), g.get("service", b"").decode(),
-                         int(g.get("deadline_ms", b"0")), int(g.get("tokens", b"0")), int(g["create_ms"]))
+        return _record(job_id, await self.r.hgetall(self.job_key(job_id)))
 
     async def list(self, owner: str, offset: int, limit: int) -> list[str]:
         ids = await self.r.zrevrange(f"{self.p}owner:{owner}", offset, offset + limit - 1)
         return [i.decode() for i in ids]
 
-    async def events(self, job_id: str, after: str = "0-0", block_ms: int = 5000,
+    async def events(self, job_id: str, after: str = "0-0", block_ms: int = 5000, final_only: bool = False,
                      ) -> AsyncIterator[tuple[str, jobs_pb2.JobEvent]]:
-        """Events after `after`, following the stream until the job's final event."""
-        key, last = self.events_key(job_id), after or "0-0"
+        """Events after `after`, following the stream until the job's final event. With
+        `final_only`, just that final event (one blocking read however many events came before)."""
+        key, last = (self.final_key(job_id), "0-0") if final_only else (self.events_key(job_id), after or "0-0")
         while True:
             resp = await self.r.xread({key: last}, count=256, block=block_ms)
             if not resp:
@@ -216,32 +223,52 @@ class JobStore:
 
     # ---- dispatcher side -----------------------------------------------------------------------
     async def transition(self, job_id: str, from_states: tuple[int, ...], to: int, events: list[bytes],
-                         attempt: int | None = None, **fields: object) -> bool:
-        args: list[object] = [",".join(map(str, from_states)), "" if attempt is None else attempt, to,
-                              *events, "|", "update_ms", now_ms()]
+                         attempt: int | None = None, ack: tuple[str, str] | None = None, **fields: object) -> bool:
+        """Compare-and-set the job's state; `ack` = (service, queue entry id) to retire with it."""
+        service, entry_id = ack or ("", "")
+        args: list[object] = [",".join(map(str, from_states)), "" if attempt is None else attempt, to, self.ttl_s,
+                              entry_id, *events, "|", "update_ms", now_ms()]
         for k, v in fields.items():
             args += [k, v]
-        return await self._transition(keys=[self.job_key(job_id), self.events_key(job_id)], args=args) == 1
+        keys = [self.job_key(job_id), self.events_key(job_id), self.final_key(job_id),
+                self.queue_key(service) if service else self.queue_key("_")]
+        return await self._transition(keys=keys, args=args) == 1
+
+    async def claim(self, job_id: str) -> tuple[int, JobRecord | None]:
+        """Start a dispatch attempt: (attempt number, the job's record); attempt <= 0 when the job
+        already ended (0) or is gone (-1)."""
+        attempt, flat = await self._start(keys=[self.job_key(job_id), self.events_key(job_id)],
+                                          args=[now_ms(), event_bytes(state=jobs_pb2.JOB_STATE_RUNNING)])
+        return int(attempt), _record(job_id, dict(zip(flat[::2], flat[1::2], strict=True)))
 
     async def start(self, job_id: str) -> int:
-        return int(await self._start(keys=[self.job_key(job_id), self.events_key(job_id)],
-                                     args=[now_ms(), event_bytes(state=jobs_pb2.JOB_STATE_RUNNING)]))
+        return (await self.claim(job_id))[0]
+
+    async def append_chunks(self, job_id: str, attempt: int, chunk_events: list[bytes], tokens: int,
+                            progress: float) -> bool:
+        return await self._chunk(keys=[self.job_key(job_id), self.events_key(job_id)],
+                                 args=[attempt, tokens, progress, now_ms(), *chunk_events]) == 1
 
     async def append_chunk(self, job_id: str, attempt: int, chunk_event: bytes, tokens: int, progress: float) -> bool:
-        return await self._chunk(keys=[self.job_key(job_id), self.events_key(job_id)],
-                                 args=[attempt, chunk_event, tokens, progress, now_ms()]) == 1
+        return await self.append_chunks(job_id, attempt, [chunk_event], tokens, progress)
 
-    async def succeed(self, job_id: str, attempt: int, result: jobs_pb2.JobResult) -> bool:
+    async def succeed(self, job_id: str, attempt: int, result: jobs_pb2.JobResult,
+                      ack: tuple[str, str] | None = None, chunk_events: list[bytes] | None = None,
+                      tokens: int | None = None) -> bool:
+        """End the job with its result; chunks not yet written go out in the same call."""
         data = result.SerializeToString()
+        extra: dict[str, object] = {} if tokens is None else {"tokens": tokens}
         return await self.transition(job_id, (2,), jobs_pb2.JOB_STATE_SUCCEEDED,
-                                     [event_bytes(state=jobs_pb2.JOB_STATE_SUCCEEDED), event_bytes(result=result)],
-                                     attempt=attempt, result=data, progress=1.0)
+                                     [*(chunk_events or []), event_bytes(state=jobs_pb2.JOB_STATE_SUCCEEDED),
+                                      event_bytes(result=result)],
+                                     attempt=attempt, ack=ack, result=data, progress=1.0, **extra)
 
-    async def fail(self, job_id: str, code: int, message: str, attempt: int | None = None) -> bool:
+    async def fail(self, job_id: str, code: int, message: str, attempt: int | None = None,
+                   ack: tuple[str, str] | None = None) -> bool:
         err = status_pb2.Status(code=code, message=message)
         return await self.transition(job_id, (1, 2), jobs_pb2.JOB_STATE_FAILED,
                                      [event_bytes(state=jobs_pb2.JOB_STATE_FAILED), event_bytes(error=err)],
-                                     attempt=attempt, error=err.SerializeToString())
+                                     attempt=attempt, ack=ack, error=err.SerializeToString())
 
     async def ensure_group(self, service: str) -> None:
         try:
@@ -262,3 +289,20 @@ class JobStore:
         await self.r.xadd(self.dlq_key(service), {"job_id": job_id, "reason": reason, "at_ms": now_ms()},
                           maxlen=100_000, approximate=True)
         await self.done(service, entry_id)
+
+
+def _record(job_id: str, h: dict[bytes, bytes]) -> JobRecord | None:
+    """A job record from its hash (HGETALL), or None when the job does not exist."""
+    if not h:
+        return None
+    g = {k.decode(): v for k, v in h.items()}
+    job = jobs_pb2.Job(id=job_id, state=int(g["state"]), attempts=int(g.get("attempts", b"0")),
+                       idempotency_key=g.get("idem_key", b"").decode(), progress=float(g.get("progress", 0)),
+                       create_time=_ts(int(g["create_ms"])), update_time=_ts(int(g["update_ms"])))
+    job.spec.ParseFromString(g.get("spec", b""))
+    if g.get("result"):
+        job.result.ParseFromString(g["result"])
+    if g.get("error"):
+        job.error.ParseFromString(g["error"])
+    return JobRecord(job, g.get("owner", b"").decode(), g.get("service", b"").decode(),
+                     int(g.get("deadline_ms", b"0")), int(g.get("tokens", b"0")), int(g["create_ms"]))

@@ -43,6 +43,48 @@ class _Running:
     entry_id: str
 
 
+class _ChunkWriter:
+    """Appends one attempt's chunks to the job's event stream without waiting on each write:
+    chunks that arrive while a write is in flight go out together in the next one, and whatever
+    is left at the end rides along with the result. A slow model pays one round trip per chunk;
+    a fast one, far fewer."""
+
+    def __init__(self, store: JobStore, job_id: str, attempt: int, max_tokens: int) -> None:
+        self.store, self.job_id, self.attempt, self.max_tokens = store, job_id, attempt, max_tokens
+        self.pending: list[bytes] = []
+        self.tokens = 0
+        self.lost = False  # the attempt no longer owns the job (cancelled or reclaimed)
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, event: bytes, tokens: int) -> None:
+        if self._task is not None and self._task.done() and self._task.exception() is not None:
+            raise self._task.exception()  # type: ignore[misc]
+        self.pending.append(event)
+        self.tokens = tokens
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._flush())
+
+    async def _flush(self) -> None:
+        while self.pending and not self.lost and not self._closing:
+            batch, self.pending = self.pending, []
+            if not await self.store.append_chunks(self.job_id, self.attempt, batch, self.tokens,
+                                                  min(1.0, self.tokens / self.max_tokens)):
+                self.lost = True
+
+    async def drain(self) -> list[bytes]:
+        """Wait for the write in flight; the chunks not written yet (for the final call)."""
+        self._closing = True
+        if self._task is not None:
+            await self._task
+        rest, self.pending = self.pending, []
+        return rest
+
+    def close(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
+
 @dataclass
 class Dispatcher:
     store: JobStore
@@ -114,12 +156,10 @@ class Dispatcher:
             log.exception("job %s: unexpected dispatcher error", job_id)
 
     async def _process_job(self, entry_id: str, job_id: str) -> None:
-        attempt = await self.store.start(job_id)
-        if attempt <= 0:  # ended (e.g. cancelled while queued) or expired
+        attempt, rec = await self.store.claim(job_id)
+        if attempt <= 0 or rec is None:  # ended (e.g. cancelled while queued) or expired
             await self.store.done(self.service, entry_id)
             return
-        rec = await self.store.get(job_id)
-        assert rec is not None
         if attempt > self.cfg.max_attempts:
             await self.store.fail(job_id, grpc.StatusCode.ABORTED.value[0],
                                   f"job failed after {self.cfg.max_attempts} dispatch attempts")
@@ -138,7 +178,9 @@ class Dispatcher:
                 await self._end_failed(job_id, attempt, grpc.StatusCode.DEADLINE_EXCEEDED,
                                        "the job's deadline passed before it could run", entry_id)
                 return
-        outcome = await self._run_text(job_id, attempt, rec, timeout)
+        outcome = await self._run_text(job_id, attempt, rec, timeout, entry_id)
+        if outcome in ("ok", "failed"):  # the final write retired the queue entry too
+            return
         if outcome == "retry":
             await asyncio.sleep(self.cfg.retry_backoff_ms / 1000)
             # Re-enqueue as a fresh entry; the attempt counter carries over in the job record.
@@ -150,7 +192,8 @@ class Dispatcher:
                 return
         await self.store.done(self.service, entry_id)
 
-    async def _run_text(self, job_id: str, attempt: int, rec: JobRecord, timeout: float | None) -> str:
+    async def _run_text(self, job_id: str, attempt: int, rec: JobRecord, timeout: float | None,
+                        entry_id: str) -> str:
         """Run one attempt; returns "ok", "failed", "retry" or "gone" (the job is not ours any more)."""
         req = rec.job.spec.text
         model = req.model
@@ -163,8 +206,8 @@ class Dispatcher:
         dispatched = time.time()
         first_chunk: float | None = None
         last_chunk: float | None = None
-        max_tokens = req.params.max_tokens or 128
         finish = common_pb2.FINISH_REASON_UNSPECIFIED
+        writer = _ChunkWriter(self.store, job_id, attempt, req.params.max_tokens or 128)
         try:
             async for msg in self.worker.generate(job_id, req, skip, timeout):
                 now = time.time()
@@ -172,8 +215,8 @@ class Dispatcher:
                     total += msg.token_count
                     text_parts.append(msg.text)
                     chunk = text_pb2.TextChunk(text=msg.text, token_count=msg.token_count, total_tokens=total)
-                    if not await self.store.append_chunk(job_id, attempt, event_bytes(text_chunk=chunk), total,
-                                                         min(1.0, total / max_tokens)):
+                    writer.add(event_bytes(text_chunk=chunk), total)
+                    if writer.lost:
                         return "gone"  # cancelled, or reclaimed by another dispatcher: stop writing
                     if first_chunk is None:
                         first_chunk = now
@@ -186,12 +229,17 @@ class Dispatcher:
                 if msg.finished:
                     finish = _FINISH.get(msg.finish_reason, common_pb2.FINISH_REASON_UNSPECIFIED)
                     prompt_tokens, model = msg.prompt_tokens, msg.model or model
+            unwritten = await writer.drain()
         except WorkerError as e:
             if e.retryable:
                 log.warning("job %s attempt %d: worker unavailable (%s)", job_id, attempt, e)
                 return "retry"
-            await self._end_failed(job_id, attempt, e.code, e.message, None)
+            await self._end_failed(job_id, attempt, e.code, e.message, entry_id)
             return "failed"
+        finally:
+            writer.close()
+        if writer.lost:
+            return "gone"
         done = time.time()
         new_tokens = total - skip
         usage = text_pb2.TextUsage(prompt_tokens=prompt_tokens, completion_tokens=total, forward_passes=forwards,
@@ -200,7 +248,8 @@ class Dispatcher:
                                    queue_s=dispatched - created)
         result = jobs_pb2.JobResult(text=text_pb2.TextResult(text="".join(text_parts), finish_reason=finish,
                                                              usage=usage, model=model))
-        if not await self.store.succeed(job_id, attempt, result):
+        if not await self.store.succeed(job_id, attempt, result, ack=(self.service, entry_id),
+                                        chunk_events=unwritten, tokens=total):
             return "gone"
         self.metrics.jobs.labels(self.service, "SUCCEEDED").inc()
         self.metrics.e2e.labels(self.service, model).observe(done - created)
@@ -218,10 +267,10 @@ class Dispatcher:
         return "".join(parts)
 
     async def _end_failed(self, job_id: str, attempt: int, code: grpc.StatusCode, message: str,
-                          entry_id: str | None) -> None:
-        if await self.store.fail(job_id, code.value[0], message, attempt=attempt):
+                          entry_id: str) -> None:
+        if await self.store.fail(job_id, code.value[0], message, attempt=attempt, ack=(self.service, entry_id)):
             self.metrics.jobs.labels(self.service, "FAILED").inc()
-        if entry_id is not None:
+        else:  # ended meanwhile (e.g. cancelled): the entry is still ours to retire
             await self.store.done(self.service, entry_id)
 
     # ---- liveness, recovery, cancellation ------------------------------------------------------------

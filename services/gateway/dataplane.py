@@ -72,14 +72,16 @@ class DataPlane:
             raise RpcError(grpc.StatusCode.NOT_FOUND, f"job {job_id} not found (or expired)", reason="JOB_NOT_FOUND")
         return rec.job
 
-    async def watch(self, owner: str, job_id: str, after: str = "",
-                    check_owner: bool = True) -> AsyncIterator[jobs_pb2.JobEvent]:
+    async def watch(self, owner: str, job_id: str, after: str = "", check_owner: bool = True,
+                    final_only: bool = False) -> AsyncIterator[jobs_pb2.JobEvent]:
+        """The job's events from `after` on, until its result or error; with `final_only` just
+        that last event (what a unary call needs, in one blocking read)."""
         if check_owner:  # skipped for a job this call just submitted itself
             await self.get(owner, job_id)
         if after and not _valid_stream_id(after):
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "after_event_id is not an event id",
                            violations=[("after_event_id", "must be an event_id received from this job")])
-        it = self.store.events(job_id, after or "0-0").__aiter__()
+        it = self.store.events(job_id, after or "0-0", final_only=final_only).__aiter__()
         while True:
             try:
                 _, ev = await it.__anext__()

@@ -70,13 +70,14 @@ class _Base:
 
 
 class TextGenerationServicer(_Base, text_pb2_grpc.TextGenerationServiceServicer):
-    async def _run(self, req: Any, ctx: grpc.aio.ServicerContext) -> AsyncIterator[tuple[str, jobs_pb2.JobEvent]]:
+    async def _run(self, req: Any, ctx: grpc.aio.ServicerContext,
+                   final_only: bool = False) -> AsyncIterator[tuple[str, jobs_pb2.JobEvent]]:
         owner = self.owner(ctx)
         job_id, _ = await self.plane.submit(owner, jobs_pb2.JobSpec(text=req.request), req.idempotency_key,
                                             _deadline(ctx), field="request")
         ended = False
         try:
-            async for ev in self.plane.watch(owner, job_id, check_owner=False):
+            async for ev in self.plane.watch(owner, job_id, check_owner=False, final_only=final_only):
                 kind = ev.WhichOneof("kind")
                 if kind == "error":
                     raise error_from_status(ev.error)
@@ -100,7 +101,7 @@ class TextGenerationServicer(_Base, text_pb2_grpc.TextGenerationServiceServicer)
 
     @rpc
     async def Generate(self, req: text_pb2.GenerateRequest, ctx: grpc.aio.ServicerContext) -> Any:
-        async for job_id, ev in self._run(req, ctx):
+        async for job_id, ev in self._run(req, ctx, final_only=True):
             if ev.WhichOneof("kind") == "result":
                 return text_pb2.GenerateResponse(job_id=job_id, result=ev.result.text)
         raise RpcError(grpc.StatusCode.INTERNAL, "job ended without a result")

@@ -51,6 +51,18 @@ def test_generate_and_stream_end_to_end(redis_server) -> None:
             job = (await s.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=msgs[0].job_id), metadata=md())).job
             assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED and job.attempts == 1
             assert await s.store.r.xlen(s.store.queue_key("text")) == 0  # finished entries leave the queue
+            # Every chunk is its own event, in order, before the terminal events, however the
+            # dispatcher batched its writes; the final stream holds the result alone.
+            events = [jobs_pb2.JobEvent.FromString(f[b"e"])
+                      for _, f in await s.store.r.xrange(s.store.events_key(resp.job_id))]
+            kinds = [e.WhichOneof("kind") for e in events]
+            assert kinds == ["state", "state"] + ["text_chunk"] * 8 + ["state", "result"]
+            assert "".join(e.text_chunk.text for e in events if e.text_chunk.text) == PROMPT
+            assert [e.text_chunk.total_tokens for e in events if e.text_chunk.text] == list(range(1, 9))
+            final = await s.store.r.xrange(s.store.final_key(resp.job_id))
+            assert len(final) == 1 and jobs_pb2.JobEvent.FromString(final[0][1][b"e"]).result.text.text == PROMPT
+            assert (await s.store.r.xpending(s.store.queue_key("text"), "dispatchers"))["pending"] == 0
+            assert (await s.store.get(resp.job_id)).tokens == 8
     run(go())
 
 
