@@ -173,6 +173,11 @@ def save_model(model: Transformer, out_dir: str | Path, max_shard_bytes: int | N
     tensors = {to_checkpoint(cfg.layout, k): v.detach().contiguous().cpu()
                for k, v in model.state_dict().items()
                if not (cfg.tie_word_embeddings and k == "lm_head.weight")}
+    write_safetensors(tensors, out, max_shard_bytes)
+
+
+def write_safetensors(tensors: dict[str, torch.Tensor], out: Path, max_shard_bytes: int | None = None) -> None:
+    """One `model.safetensors`, or HF-style shards plus `model.safetensors.index.json`."""
     if max_shard_bytes is None:
         save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
         return

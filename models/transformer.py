@@ -62,13 +62,17 @@ class Block(nn.Module):
         self.up_proj = nn.Linear(d, cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, d, bias=False)
 
+    def project_qkv(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q [B, T, H, D], k and v [B, T, Hkv, D]; layouts with a QK-norm (Chameleon) override this."""
+        b, t, _ = h.shape
+        return (self.q_proj(h).view(b, t, self.num_heads, self.head_dim),
+                self.k_proj(h).view(b, t, self.num_kv_heads, self.head_dim),
+                self.v_proj(h).view(b, t, self.num_kv_heads, self.head_dim))
+
     def forward(self, x: torch.Tensor, positions: torch.Tensor, rotary: Rotary, mask: torch.Tensor | None,
                 cache: KVCache | None, layer: int) -> torch.Tensor:
         b, t, _ = x.shape
-        h = self.attn_norm(x)
-        q = self.q_proj(h).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(h).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(h).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q, k, v = (z.transpose(1, 2) for z in self.project_qkv(self.attn_norm(x)))
         q, k = rotary(q, positions), rotary(k, positions)
         if cache is not None:
             k, v = cache.window(layer, k, v)
@@ -100,19 +104,25 @@ class Transformer(nn.Module):
         cache: prefix K/V; the window's K/V is written after it and the first `commit` window
         positions are kept. last_only: compute logits for the final position only (AR decoding).
         """
-        t = input_ids.shape[1]
+        x = self.hidden_states(self.embed(input_ids), positions, mask, cache, commit)
+        if last_only:
+            x = x[:, -1:]
+        return self.lm_head(x)[..., : self.config.vocab_size]
+
+    def hidden_states(self, embeds: torch.Tensor, positions: torch.Tensor | None = None,
+                      mask: torch.Tensor | None = None, cache: KVCache | None = None, commit: int = 0) -> torch.Tensor:
+        """Final-norm hidden states [B, T, D] for input embeddings (what multimodal models feed in
+        place of token ids); same contract as `forward` minus the LM head."""
+        t = embeds.shape[1]
         if positions is None:
             start = cache.length if cache is not None else 0
-            positions = torch.arange(start, start + t, device=input_ids.device)
-        x = self.embed(input_ids)
+            positions = torch.arange(start, start + t, device=embeds.device)
+        x = embeds
         for i, layer in enumerate(self.layers):
             x = layer(x, positions, self.rotary, mask, cache, i)
         if cache is not None and commit:
             cache.commit(commit)
-        if last_only:
-            x = x[:, -1:]
-        logits = self.lm_head(self.norm(x))
-        return logits[..., : self.config.vocab_size]
+        return self.norm(x)
 
     def new_cache(self, batch: int, capacity: int) -> KVCache:
         p = self.embed.weight
