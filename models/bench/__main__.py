@@ -1,11 +1,14 @@
-"""Benchmarks: `python -m models.bench text [--problems N] [--json] [--sweep]`."""
+"""Benchmarks: `python -m models.bench text [--problems N] [--json] [--sweep]`, `... image [--json]`,
+`... cuda [--json]`."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from models.bench import text
+import torch
+
+from models.bench import cuda, image, text
 
 
 def main() -> None:
@@ -17,9 +20,26 @@ def main() -> None:
     t.add_argument("--sweep", action="store_true", help="threshold sweep; saves a throughput-vs-score plot")
     t.add_argument("--plot", type=Path, default=Path("bench-results/text_sweep.png"))
     t.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for tiny models)")
+    t.add_argument("--methods", default="vanilla,fast-dllm,d2f,ar", help="comma-separated subset of the rows")
+    t.add_argument("--checkpoints", type=Path, default=text.CKPT, help="folder holding the three checkpoints")
+    t.add_argument("--device", default="cpu")
+    c = sub.add_parser("cuda", help="the GPU path: dtype parity, cache exactness, attention and large-shape timings")
+    c.add_argument("--problems", type=int, default=50)
+    c.add_argument("--json", action="store_true")
+    im = sub.add_parser("image", help="Orthus / NextStep on held-out shapes: T2I score, edits, VQA, images/s at 1 vs 8")
+    im.add_argument("--problems", type=int, default=50)
+    im.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    im.add_argument("--backends", default="orthus,nextstep")
+    im.add_argument("--checkpoints", type=Path, default=image.CKPT, help="folder holding the shapes-* checkpoints")
+    im.add_argument("--device", default="cpu")
     args = ap.parse_args()
-    if args.suite == "text":
+    if args.suite == "image":
+        torch.set_num_threads(1)
+        image.main(args)
+    elif args.suite == "text":
         text.main(args)
+    elif args.suite == "cuda":
+        cuda.main(args)
 
 
 if __name__ == "__main__":

@@ -25,14 +25,17 @@ from models.worlds import arith
 CKPT = Path(__file__).resolve().parents[1] / "checkpoints"
 TEACHER, STUDENT, AR = CKPT / "arith-llada-teacher", CKPT / "arith-d2f-lora", CKPT / "arith-qwen2-ar"
 
-# Decoding defaults: paper defaults for D2F (tau_add 0.1, tau_act 0.95, tau_conf 0.9) and
-# Fast-dLLM (threshold 0.9); LLaDA's reference setting for vanilla (one token per step).
-METHODS: dict[str, tuple[Path, dict[str, Any]]] = {
-    "vanilla": (TEACHER, {"block_size": 32}),
-    "fast-dllm": (TEACHER, {"block_size": 32, "threshold": 0.9}),
-    "d2f": (STUDENT, {"block_size": 32, "tau_add": 0.1, "tau_act": 0.95, "tau_conf": 0.9}),
-    "ar": (AR, {}),
-}
+
+def methods(ckpt: Path = CKPT) -> dict[str, tuple[Path, dict[str, Any]]]:
+    """Decoding defaults: paper defaults for D2F (tau_add 0.1, tau_act 0.95, tau_conf 0.9) and
+    Fast-dLLM (threshold 0.9); LLaDA's reference setting for vanilla (one token per step)."""
+    teacher, student = ckpt / "arith-llada-teacher", ckpt / "arith-d2f-lora"
+    return {
+        "vanilla": (teacher, {"block_size": 32}),
+        "fast-dllm": (teacher, {"block_size": 32, "threshold": 0.9}),
+        "d2f": (student, {"block_size": 32, "tau_add": 0.1, "tau_act": 0.95, "tau_conf": 0.9}),
+        "ar": (ckpt / "arith-qwen2-ar", {}),
+    }
 
 
 @dataclass(slots=True)
@@ -58,8 +61,9 @@ class _Acc:
                    self.tokens / max(self.forwards, 1), self.correct / self.n)
 
 
-def run(problems: int, methods: dict[str, tuple[Path, dict[str, Any]]], max_tokens: int = 128) -> list[Row]:
-    engines = {m: TextEngine(path, "ar" if m == "ar" else m.split(":")[0], opts)
+def run(problems: int, methods: dict[str, tuple[Path, dict[str, Any]]], max_tokens: int = 128,
+        device: str = "cpu") -> list[Row]:
+    engines = {m: TextEngine(path, "ar" if m == "ar" else m.split(":")[0], opts, device=device)
                for m, (path, opts) in methods.items()}
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
     probs = arith.problems("heldout", problems)
@@ -91,21 +95,22 @@ def print_table(rows: list[Row]) -> None:
                 print(f"d2f / {base}: {by['d2f'].tps / by[base].tps:.2f}x TPS")
 
 
-def sweep(problems: int, out: Path) -> list[dict[str, Any]]:
+def sweep(problems: int, out: Path, ckpt: Path = CKPT, device: str = "cpu") -> list[dict[str, Any]]:
     """Throughput vs score for D2F threshold settings (and Fast-dLLM thresholds), as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    methods: dict[str, tuple[Path, dict[str, Any]]] = {}
+    grid: dict[str, tuple[Path, dict[str, Any]]] = {}
+    teacher, student = ckpt / "arith-llada-teacher", ckpt / "arith-d2f-lora"
     for conf in (0.5, 0.7, 0.8, 0.9, 0.95, 0.99):
         for add in (0.1, 0.5, 0.9):
-            methods[f"d2f:conf={conf},add={add}"] = (
-                STUDENT, {"block_size": 32, "tau_add": add, "tau_act": max(conf, 0.95), "tau_conf": conf})
+            grid[f"d2f:conf={conf},add={add}"] = (
+                student, {"block_size": 32, "tau_add": add, "tau_act": max(conf, 0.95), "tau_conf": conf})
     for thr in (0.5, 0.7, 0.9, 0.99):
-        methods[f"fast-dllm:thr={thr}"] = (TEACHER, {"block_size": 32, "threshold": thr})
-    rows = run(problems, methods)
+        grid[f"fast-dllm:thr={thr}"] = (teacher, {"block_size": 32, "threshold": thr})
+    rows = run(problems, grid, device=device)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for family, marker in (("d2f", "o"), ("fast-dllm", "s")):
         pts = [r for r in rows if r.method.startswith(family + ":")]
@@ -125,12 +130,13 @@ def sweep(problems: int, out: Path) -> list[dict[str, Any]]:
 def main(args: Any) -> None:
     torch.set_num_threads(args.threads)
     if args.sweep:
-        rows = sweep(args.problems, args.plot)
+        rows = sweep(args.problems, args.plot, args.checkpoints, args.device)
         print(json.dumps({"rows": rows, "plot": str(args.plot)}) if args.json else
               "\n".join(f"{r['method']:<28} tps {r['tps']:8.1f} score {r['score']:.3f} "
                         f"tok/fwd {r['tokens_per_forward']:.2f}" for r in rows) + f"\nplot: {args.plot}")
         return
-    rows = run(args.problems, METHODS)
+    chosen = {m: v for m, v in methods(args.checkpoints).items() if m in args.methods.split(",")}
+    rows = run(args.problems, chosen, device=args.device)
     if args.json:
         print(json.dumps({"rows": [asdict(r) for r in rows]}))
     else:

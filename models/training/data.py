@@ -36,9 +36,13 @@ class Batch:
     answer_len: torch.Tensor  # [B] answer tokens, not counting EOS
     valid_len: torch.Tensor  # [B] prompt + generation canvas; positions past it are padding
 
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(self.ids.to(device), self.prompt_len.to(device), self.answer_len.to(device),
+                     self.valid_len.to(device))
+
     def key_mask(self) -> torch.Tensor:
         """[B, 1, 1, L] True where a key is inside its sample's canvas."""
-        pos = torch.arange(self.ids.shape[1])
+        pos = torch.arange(self.ids.shape[1], device=self.ids.device)
         return (pos[None, :] < self.valid_len[:, None])[:, None, None, :]
 
 

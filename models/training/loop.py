@@ -24,6 +24,7 @@ class TrainConfig:
     clip: float = 1.0
     seed: int = 0
     log_every: int = 50
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.steps <= 0 or self.lr <= 0 or self.batch_size <= 0:
@@ -48,7 +49,7 @@ def train(model: nn.Module, stream: ProblemStream, cfg: TrainConfig,
     losses: list[float] = []
     t0 = time.time()
     for step in range(cfg.steps):
-        loss = loss_fn(stream.next(), gen)
+        loss = loss_fn(stream.next().to(cfg.device), gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(params, cfg.clip)

@@ -7,6 +7,9 @@
   teacher (same network, LoRA off) the full mask, both the same noisy sequence; soft-target CE on
   masked tokens weighted by 1/ratio of the token's block.
 - `ar_loss`: next-token cross-entropy on the answer and its first EOS, causal mask.
+
+Random draws come from a CPU generator and are moved to the batch's device, so a seed gives the
+same masks on every device.
 """
 
 from __future__ import annotations
@@ -24,8 +27,12 @@ EPS = 1e-3
 
 def _answer_positions(batch: Batch) -> torch.Tensor:
     """The generation canvas of each sample: after the prompt, before the padding."""
-    pos = torch.arange(batch.ids.shape[1])[None, :]
+    pos = torch.arange(batch.ids.shape[1], device=batch.ids.device)[None, :]
     return (pos >= batch.prompt_len[:, None]) & (pos < batch.valid_len[:, None])
+
+
+def _rand(gen: torch.Generator, *shape: int, device: torch.device) -> torch.Tensor:
+    return torch.rand(*shape, generator=gen).to(device)
 
 
 def tie_masks(ids: torch.Tensor, masked: torch.Tensor, answer: torch.Tensor, tied: torch.Tensor | None) -> torch.Tensor:
@@ -38,24 +45,47 @@ def tie_masks(ids: torch.Tensor, masked: torch.Tensor, answer: torch.Tensor, tie
     """
     if tied is None:
         return masked
-    hit = torch.zeros(ids.shape[0], tied.shape[0], dtype=torch.bool)
+    tied = tied.to(ids.device)
+    hit = torch.zeros(ids.shape[0], tied.shape[0], dtype=torch.bool, device=ids.device)
     sel = masked & tied[ids]
     hit[sel.nonzero()[:, 0], ids[sel]] = True
     return masked | (hit.gather(1, ids) & answer)
 
 
-def masked_diffusion_loss(model: Transformer, batch: Batch, gen: torch.Generator,
-                          tied: torch.Tensor | None = None) -> torch.Tensor:
+def decoding_state_masks(batch: Batch, t: torch.Tensor, gen: torch.Generator, window: int) -> torch.Tensor:
+    """Masks shaped like a left-to-right decoder's states: a clean prefix of the answer, then a
+    window partly masked with ratio t (the block being decoded), then everything masked."""
     ids = batch.ids
     b, length = ids.shape
+    pos = torch.arange(length, device=ids.device)[None, :]
+    cut = batch.prompt_len + (_rand(gen, b, device=ids.device) * (batch.answer_len + 1).float()).long()
+    partial = (pos >= cut[:, None]) & (pos < cut[:, None] + window)
+    coin = _rand(gen, b, length, device=ids.device) < t[:, None]
+    return ((partial & coin) | (pos >= cut[:, None] + window)) & _answer_positions(batch)
+
+
+def masked_diffusion_loss(model: Transformer, batch: Batch, gen: torch.Generator,
+                          tied: torch.Tensor | None = None, decoding_frac: float = 0.0,
+                          window: int = 32) -> torch.Tensor:
+    """LLaDA SFT loss. With `decoding_frac` > 0 that fraction of samples gets decoding-state masks
+    (`decoding_state_masks`, weight 1) instead of uniform ones: the states a semi-autoregressive
+    sampler actually visits, where a tiny model's training budget pays off most."""
+    ids = batch.ids
+    b, length = ids.shape
+    dev = ids.device
     answer = _answer_positions(batch)
-    t = (1 - EPS) * torch.rand(b, generator=gen) + EPS
-    masked = tie_masks(ids, (torch.rand(b, length, generator=gen) < t[:, None]) & answer, answer, tied)
+    t = (1 - EPS) * _rand(gen, b, device=dev) + EPS
+    uniform = (_rand(gen, b, length, device=dev) < t[:, None]) & answer
+    weight = (1.0 / t)[:, None].expand(b, length)
+    if decoding_frac > 0:
+        dec = (_rand(gen, b, device=dev) < decoding_frac)[:, None]
+        uniform = torch.where(dec, decoding_state_masks(batch, t, gen, window), uniform)
+        weight = torch.where(dec, torch.ones_like(weight), weight)
+    masked = tie_masks(ids, uniform, answer, tied)
     noisy = torch.where(masked, model.config.mask_token_id, ids)
     logits = model(noisy, mask=batch.key_mask())
     ce = F.cross_entropy(logits[masked], ids[masked], reduction="none")
-    weight = (1.0 / t)[:, None].expand(b, length)[masked]
-    return (ce * weight).sum() / answer.sum()
+    return (ce * weight[masked]).sum() / answer.sum()
 
 
 def monotonic_ratios(b: int, num_blocks: int, gen: torch.Generator) -> torch.Tensor:
@@ -68,7 +98,7 @@ def monotonic_ratios(b: int, num_blocks: int, gen: torch.Generator) -> torch.Ten
 
 def d2f_block_ids(prompt_len: torch.Tensor, length: int, block_size: int) -> torch.Tensor:
     """[B, L] block ids for a batch with per-sample prompt lengths (prompt = block 0)."""
-    pos = torch.arange(length)[None, :]
+    pos = torch.arange(length, device=prompt_len.device)[None, :]
     gen = torch.div(pos - prompt_len[:, None], block_size, rounding_mode="floor") + 1
     return torch.where(pos < prompt_len[:, None], torch.zeros_like(gen), gen)
 
@@ -79,10 +109,10 @@ def d2f_distill_loss(model: Transformer, batch: Batch, gen: torch.Generator, blo
     b, length = ids.shape
     bid = d2f_block_ids(batch.prompt_len, length, block_size)
     num_blocks = int(bid.max())
-    ratios = monotonic_ratios(b, num_blocks, gen)
+    ratios = monotonic_ratios(b, num_blocks, gen).to(ids.device)
     answer = _answer_positions(batch)
     p_tok = torch.gather(ratios, 1, (bid - 1).clamp(min=0))
-    masked = tie_masks(ids, (torch.rand(b, length, generator=gen) < p_tok) & answer, answer, tied)
+    masked = tie_masks(ids, (_rand(gen, b, length, device=ids.device) < p_tok) & answer, answer, tied)
     noisy = torch.where(masked, model.config.mask_token_id, ids)
     with torch.no_grad(), adapter_disabled(model):
         teacher = model(noisy, mask=batch.key_mask())[masked].softmax(-1)
@@ -94,9 +124,9 @@ def d2f_distill_loss(model: Transformer, batch: Batch, gen: torch.Generator, blo
 def ar_loss(model: Transformer, batch: Batch, gen: torch.Generator) -> torch.Tensor:
     ids = batch.ids
     length = ids.shape[1]
-    ids_c = causal_ids(length)
+    ids_c = causal_ids(length, ids.device)
     logits = model(ids[:, :-1], mask=mask_from_ids(ids_c[:-1], ids_c[:-1]))
-    tgt_pos = torch.arange(1, length)[None, :]
+    tgt_pos = torch.arange(1, length, device=ids.device)[None, :]
     start = batch.prompt_len[:, None]
     valid = (tgt_pos >= start) & (tgt_pos <= start + batch.answer_len[:, None])  # answer + first EOS
     return F.cross_entropy(logits[valid], ids[:, 1:][valid])

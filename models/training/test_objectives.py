@@ -91,3 +91,34 @@ def test_tied_tokens_are_masked_together_inside_the_answer_only() -> None:
     out = tie_masks(ids, masked, answer, tied)
     assert out[0].tolist() == [False, False, False, False, True, False, False, True]  # ...so is the other
     assert torch.equal(tie_masks(ids, masked, answer, None), masked)
+
+
+def test_decoding_state_masks_look_like_a_left_to_right_decoder() -> None:
+    from models.training.objectives import decoding_state_masks
+
+    batch = _batch()
+    g = torch.Generator().manual_seed(5)
+    t = torch.full((4,), 0.5)
+    window = 4
+    for _ in range(20):
+        m = decoding_state_masks(batch, t, g, window)
+        for i in range(4):
+            p, v = int(batch.prompt_len[i]), int(batch.valid_len[i])
+            row = m[i].tolist()
+            assert not any(row[:p]) and not any(row[v:])  # prompt and padding never masked
+            first = row.index(True) if True in row[p:v] else v
+            # a clean prefix, then at most `window` mixed positions, then everything masked
+            assert all(row[first + window: v])
+
+
+def test_decoding_frac_switches_the_mask_shape() -> None:
+    model, batch = tiny("llada"), _batch()
+    seen: list[torch.Tensor] = []
+    model.embed.register_forward_hook(lambda _m, inp, _o: seen.append(inp[0].clone()))
+    masked_diffusion_loss(model, batch, torch.Generator().manual_seed(6), decoding_frac=1.0, window=4)
+    noisy = seen[0] == MASK
+    for i in range(4):
+        v = int(batch.valid_len[i])
+        assert bool(noisy[i, v - 1])  # the canvas end is always masked in a decoding state
+        hits = noisy[i, : v].nonzero().flatten().tolist()
+        assert hits == list(range(hits[0], v)) or len(set(range(hits[0], v)) - set(hits)) <= 4

@@ -1,0 +1,155 @@
+"""Train a tiny NextStep on the shapes world: LM cross-entropy on text + flow matching on image tokens.
+
+Layouts are what models/nextstep/generate.py builds at inference (t2i_rows, edit_rows):
+    t2i    bos caption area "2*2" boi | x_0 .. x_{N-1}
+    edit   bos area "2*2" boi src eoi instruction area "2*2" boi | x_0 .. x_{N-1}
+Image tokens are the shared VAE's LayerNormed tokens (the generator LayerNorms its samples too,
+`use_norm`). Condition dropout trains the guidance rows with an empty negative prompt: T2I uncond
+`bos area "2*2" boi`, editing [image + negative] and [negative] (pass negative_prompt="" at inference).
+Flow matching (head.py conventions): t ~ U(0, 1), x_t = t x + (1 - t) eps, target v = x - eps; each
+condition is repeated `fm_head_batch_mul` times with fresh t and noise (the config's genloss_batch_mul).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+
+from models.nextstep.config import NextStepConfig
+from models.nextstep.model import NextStep, causal_mask
+from models.nextstep.vae import ImageTokenizer
+from models.training.images.data import (
+    BOS_TOKEN,
+    NEXTSTEP_SPECIALS,
+    Example,
+    FeatureBank,
+    ImageBatch,
+    ImageStream,
+    Layout,
+    Segment,
+    make_pool,
+    special_id,
+)
+from models.training.loop import TrainConfig, train
+from models.worlds.tokenizer import EOS_TOKEN
+
+GRID = (2, 2)  # 32x32 image / 16 pixels per token
+
+
+@dataclass(slots=True)
+class NextStepRecipe:
+    hidden: int = 128
+    layers: int = 4
+    heads: int = 4
+    kv_heads: int = 2
+    head_width: int = 256
+    head_layers: int = 3
+    steps: int = 10000  # ~0.17 s/step on one contended core: ~28 min
+    lr: float = 1e-3
+    batch: int = 32
+    pool: int = 12000
+    fm_batch_mul: int = 4
+    lm_weight: float = 0.1  # the released 0.01 is tuned for a pretrained LM; ours learns text from scratch
+    drop_text: float = 0.1
+    drop_all: float = 0.05
+    mix: tuple[float, float] = (0.5, 0.5)  # t2i, edit
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if min(self.hidden, self.layers, self.heads, self.kv_heads, self.head_width, self.head_layers) <= 0:
+            raise ValueError("model sizes must be positive")
+        if self.hidden % self.heads or self.heads % self.kv_heads:
+            raise ValueError(f"bad head geometry: hidden {self.hidden}, heads {self.heads}, kv {self.kv_heads}")
+        if self.steps <= 0 or self.lr <= 0 or self.batch <= 0 or self.fm_batch_mul <= 0:
+            raise ValueError("steps, lr, batch and fm_batch_mul must be positive")
+        if not (0 <= self.drop_text <= 1 and 0 <= self.drop_all <= 1 and self.drop_text + self.drop_all <= 1):
+            raise ValueError("dropout probabilities must be in [0, 1] and sum to <= 1")
+        if len(self.mix) != 2 or min(self.mix) < 0 or sum(self.mix) <= 0:
+            raise ValueError(f"mix must be two non-negative weights, got {self.mix}")
+
+
+def make_config(tok: Tokenizer, vae: ImageTokenizer, r: NextStepRecipe) -> NextStepConfig:
+    if vae.token_dim != 16 * 2 * 2:
+        raise ValueError(f"NextStep expects 16-channel latents in 2x2 patches, got token_dim {vae.token_dim}")
+    sp = {k: special_id(tok, v) for k, v in NEXTSTEP_SPECIALS.items()}
+    return NextStepConfig(
+        vocab_size=tok.get_vocab_size(), hidden_size=r.hidden, num_layers=r.layers, num_heads=r.heads,
+        num_kv_heads=r.kv_heads, intermediate_size=4 * r.hidden, max_position_embeddings=256, rms_norm_eps=1e-6,
+        boi=sp["boi"], eoi=sp["eoi"], image_placeholder_id=sp["placeholder"], image_area_id=sp["area"],
+        pad_token_id_added=sp["pad"], bos_token_id=special_id(tok, BOS_TOKEN),
+        eos_token_id=special_id(tok, EOS_TOKEN), pad_token_id=None, latent_channels=16, patch_size=2,
+        fm_head_dim=r.head_width, fm_head_layers=r.head_layers, fm_head_batch_mul=r.fm_batch_mul,
+        lm_loss_weight=r.lm_weight,
+    )
+
+
+def new_model(cfg: NextStepConfig, seed: int = 0) -> NextStep:
+    torch.manual_seed(seed)
+    return NextStep(cfg)
+
+
+def make_layout(tok: Tokenizer, cfg: NextStepConfig, r: NextStepRecipe) -> Layout:
+    bos = [cfg.bos_token_id] if cfg.bos_token_id is not None else []
+    area = [cfg.image_area_id, *tok.encode(f"{GRID[0]}*{GRID[1]}").ids]
+
+    def layout(ex: Example, bank: FeatureBank, rng: random.Random) -> tuple[list[Segment], list[int]]:
+        if ex.target is None:
+            raise ValueError(f"NextStep trains on t2i and edit examples only, got {ex.task}")
+        text = tok.encode(ex.text).ids
+        u = rng.random()
+        out: list[Segment] = [[*area, cfg.boi], (bank[ex.target], True)]
+        if ex.task == "t2i":
+            return [[*bos, *([] if u < r.drop_text else text)], *out], []
+        assert ex.source is not None
+        if u < r.drop_all:
+            return [bos, *out], []
+        text = [] if u < r.drop_all + r.drop_text else text
+        return [[*bos, *area, cfg.boi], (bank[ex.source], False), [cfg.eoi, *text], *out], []
+
+    return layout
+
+
+def nextstep_loss(model: NextStep, batch: ImageBatch, gen: torch.Generator) -> torch.Tensor:
+    cfg = model.config
+    feats = batch.feats if batch.feats.numel() else None
+    h = model(batch.ids, feats, mask=causal_mask(batch.valid))
+    loss = h.new_zeros(())
+    if (batch.lm_targets != -100).any():
+        ce = F.cross_entropy(model.logits(h).flatten(0, 1).float(), batch.lm_targets.flatten(), ignore_index=-100)
+        loss = loss + cfg.lm_loss_weight * ce
+    if batch.target_pos.numel():
+        k = cfg.fm_head_batch_mul
+        # The token at slot p is generated from the state at p - 1 (boi for the first token).
+        c = model.condition(h.flatten(0, 1)[batch.target_pos - 1]).repeat(k, 1)
+        x = batch.target_feats.repeat(k, 1)
+        t = torch.rand(x.shape[0], generator=gen).to(x.device)
+        eps = torch.randn(x.shape, generator=gen).to(x.device)
+        xt = t[:, None] * x + (1 - t[:, None]) * eps
+        loss = loss + cfg.image_loss_weight * F.mse_loss(model.image_head(xt, t, c).float(), x - eps)
+    return loss
+
+
+def build_stream(tok: Tokenizer, vae: ImageTokenizer, r: NextStepRecipe,
+                 examples: list[Example] | None = None) -> tuple[NextStepConfig, FeatureBank, ImageStream]:
+    cfg = make_config(tok, vae, r)
+    examples = examples if examples is not None else make_pool(r.pool, r.seed + 1, dict(zip(
+        ("t2i", "edit"), r.mix, strict=True)))
+    bank = FeatureBank(vae, examples)
+    stream = ImageStream(examples, bank, make_layout(tok, cfg, r), cfg.image_placeholder_id, cfg.pad_id,
+                         r.batch, r.seed)
+    return cfg, bank, stream
+
+
+def train_nextstep(tok: Tokenizer, vae: ImageTokenizer, r: NextStepRecipe, device: str = "cpu",
+                   log_every: int = 100) -> tuple[NextStep, list[float]]:
+    cfg, _, stream = build_stream(tok, vae, r)
+    model = new_model(cfg, r.seed).to(device)
+    tc = TrainConfig(steps=r.steps, lr=r.lr, batch_size=r.batch, warmup=min(100, r.steps // 10 + 1), seed=r.seed,
+                     log_every=log_every, device=device)
+    losses = train(model, stream, tc,  # type: ignore[arg-type]  # duck-typed stream/batch
+                   lambda b, g: nextstep_loss(model, b, g), "nextstep")
+    return model.eval(), losses

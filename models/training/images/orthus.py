@@ -1,0 +1,183 @@
+"""Train a tiny Orthus on the shapes world: LM cross-entropy on text + v-prediction diffusion on patches.
+
+Layouts are exactly what models/orthus builds at inference (prompt.build_prompt, generate.image_loop):
+    t2i    bos caption sep BOI | z_0 .. z_{N-1}            (z_k predicted from the state before it)
+    edit   bos BOI src EOI instruction sep BOI | z_0 .. z_{N-1}
+    vqa    bos BOI img EOI question sep | answer eos        (text_loop stops on sep / eos)
+Image features are the shared VAE's tokens (latent_dim 64, N = 4); `latent_scale` is 1 because those
+tokens are LayerNormed to unit variance already (the original's 0.1 brought VQGAN features there).
+Condition dropout trains the rows the samplers use for guidance: the empty prompt `bos sep` for T2I
+CFG and [image only], [empty] for the pix2pix rows of `Orthus.edit_image`.
+Diffusion objective (brief §1.1): DDPM schedule with zero-terminal-SNR betas, v-prediction, MSE,
+each condition repeated `diffusion_batch_mul` times with fresh t and noise.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+from tokenizers import Tokenizer
+
+from models.nextstep.vae import ImageTokenizer
+from models.orthus.config import OrthusConfig
+from models.orthus.head import make_scheduler
+from models.orthus.model import Orthus
+from models.orthus.vision import to_head_space
+from models.training.images.data import (
+    BOS_TOKEN,
+    ORTHUS_SPECIALS,
+    SEP_TOKEN,
+    Example,
+    FeatureBank,
+    ImageBatch,
+    ImageStream,
+    Layout,
+    Segment,
+    make_pool,
+    special_id,
+)
+from models.training.loop import TrainConfig, train
+from models.worlds.tokenizer import EOS_TOKEN
+
+NUM_PATCHES = 4  # 32x32 image -> 2x2 VAE tokens
+
+
+@dataclass(slots=True)
+class OrthusRecipe:
+    hidden: int = 128
+    layers: int = 4
+    heads: int = 4
+    head_width: int = 256
+    head_blocks: int = 3
+    # Soft-VQ codes. With unit-variance 64-d features softmax(-d) is nearly one-hot, so the codebook is
+    # effectively a hard quantiser of source images: more codes keep more detail for editing and VQA.
+    codebook: int = 1024
+    steps: int = 10000  # ~0.22 s/step on one contended core: ~37 min
+    lr: float = 1e-3
+    batch: int = 32
+    pool: int = 12000
+    diffusion_batch_mul: int = 4
+    lm_weight: float = 1.0
+    drop_text: float = 0.1  # T2I: caption dropped -> the CFG uncond row; edit: the [image only] row
+    drop_all: float = 0.05  # edit: the [empty] row
+    mix: tuple[float, float, float] = (0.4, 0.3, 0.3)  # t2i, edit, vqa
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if min(self.hidden, self.layers, self.heads, self.head_width, self.head_blocks, self.codebook) <= 0:
+            raise ValueError("model sizes must be positive")
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden {self.hidden} not divisible by heads {self.heads}")
+        if self.steps <= 0 or self.lr <= 0 or self.batch <= 0 or self.diffusion_batch_mul <= 0:
+            raise ValueError("steps, lr, batch and diffusion_batch_mul must be positive")
+        if not (0 <= self.drop_text <= 1 and 0 <= self.drop_all <= 1 and self.drop_text + self.drop_all <= 1):
+            raise ValueError("dropout probabilities must be in [0, 1] and sum to <= 1")
+        if len(self.mix) != 3 or min(self.mix) < 0 or sum(self.mix) <= 0:
+            raise ValueError(f"mix must be three non-negative weights, got {self.mix}")
+
+
+def make_config(tok: Tokenizer, vae: ImageTokenizer, r: OrthusRecipe) -> OrthusConfig:
+    text_vocab = tok.get_vocab_size()
+    # Image-token rows sit after the text vocabulary so that no text token shares an embedding with them.
+    return OrthusConfig(
+        vocab_size=text_vocab + r.codebook, hidden_size=r.hidden, intermediate_size=4 * r.hidden,
+        num_layers=r.layers, num_heads=r.heads, num_kv_heads=r.heads, max_position_embeddings=256,
+        bos_token_id=special_id(tok, BOS_TOKEN), eos_token_id=special_id(tok, EOS_TOKEN),
+        pad_token_id=special_id(tok, EOS_TOKEN), image_token_id=special_id(tok, ORTHUS_SPECIALS["image"]),
+        boi_token_id=special_id(tok, ORTHUS_SPECIALS["boi"]), eoi_token_id=special_id(tok, ORTHUS_SPECIALS["eoi"]),
+        sep_token_id=special_id(tok, SEP_TOKEN), image_token_offset=text_vocab, codebook_size=r.codebook,
+        latent_dim=vae.token_dim, image_seq_length=NUM_PATCHES, head_width=r.head_width,
+        head_num_res_blocks=r.head_blocks, latent_scale=1.0,
+    )
+
+
+def new_model(cfg: OrthusConfig, bank: FeatureBank | None = None, seed: int = 0) -> Orthus:
+    torch.manual_seed(seed)
+    model = Orthus(cfg)
+    if bank is not None and bank.rows:
+        # Initialise codebook_in from real features (the original starts it from the VQ codebook):
+        # a random table would put every feature far from all codes and softmax(-d) would saturate.
+        feats = torch.cat(list(bank.rows.values()))
+        idx = torch.randperm(len(feats), generator=torch.Generator().manual_seed(seed))[:cfg.codebook_size]
+        with torch.no_grad():
+            model.vision.codebook.weight[:len(idx)] = feats[idx]
+    return model
+
+
+def make_layout(tok: Tokenizer, cfg: OrthusConfig, r: OrthusRecipe) -> Layout:
+    bos, sep, boi, eoi, eos = cfg.bos_token_id, cfg.sep_token_id, cfg.boi_token_id, cfg.eoi_token_id, cfg.eos_token_id
+
+    def layout(ex: Example, bank: FeatureBank, rng: random.Random) -> tuple[list[Segment], list[int]]:
+        text = tok.encode(ex.text).ids
+        u = rng.random()
+        if ex.task == "t2i":
+            assert ex.target is not None
+            text = [] if u < r.drop_text else text
+            return [[bos, *text, sep, boi], (bank[ex.target], True)], []
+        assert ex.source is not None
+        image: list[Segment] = [[bos, boi], (bank[ex.source], False), [eoi]]
+        if ex.task == "edit":
+            assert ex.target is not None
+            if u < r.drop_all:
+                return [[bos, sep, boi], (bank[ex.target], True)], []
+            text = [] if u < r.drop_all + r.drop_text else text
+            return [*image, [*text, sep, boi], (bank[ex.target], True)], []
+        return [*image, [*text, sep]], [*tok.encode(ex.answer).ids, eos]
+
+    return layout
+
+
+def orthus_loss(model: Orthus, batch: ImageBatch, gen: torch.Generator, diffusion_batch_mul: int = 4,
+                lm_weight: float = 1.0) -> torch.Tensor:
+    cfg = model.config
+    h, logits = model(batch.ids, [batch.feats] if batch.feats.numel() else None)
+    loss = h.new_zeros(())
+    if (batch.lm_targets != -100).any():
+        loss = loss + lm_weight * F.cross_entropy(logits.flatten(0, 1).float(), batch.lm_targets.flatten(),
+                                                  ignore_index=-100)
+    if batch.target_pos.numel():
+        # The patch at slot p is predicted from the state at p - 1 (BOI for the first patch).
+        cond = h.flatten(0, 1)[batch.target_pos - 1].repeat(diffusion_batch_mul, 1)
+        x0 = to_head_space(batch.target_feats, cfg.latent_scale).repeat(diffusion_batch_mul, 1)
+        sched = _ddpm()
+        t = torch.randint(sched.config.num_train_timesteps, (x0.shape[0],), generator=gen).to(x0.device)
+        noise = torch.randn(x0.shape, generator=gen).to(x0.device)
+        xt = sched.add_noise(x0, noise, t)
+        v = sched.get_velocity(x0, noise, t)
+        loss = loss + F.mse_loss(model.head(xt, t, cond).float(), v)
+    return loss
+
+
+@functools.cache
+def _ddpm() -> DDPMScheduler:
+    # The training schedule is the sampler's (make_scheduler), so train and sample noise levels agree.
+    sched = make_scheduler("ddpm")
+    assert isinstance(sched, DDPMScheduler)
+    return sched
+
+
+def build_stream(tok: Tokenizer, vae: ImageTokenizer, r: OrthusRecipe,
+                 examples: list[Example] | None = None) -> tuple[OrthusConfig, FeatureBank, ImageStream]:
+    cfg = make_config(tok, vae, r)
+    examples = examples if examples is not None else make_pool(r.pool, r.seed, dict(zip(
+        ("t2i", "edit", "vqa"), r.mix, strict=True)))
+    bank = FeatureBank(vae, examples)
+    stream = ImageStream(examples, bank, make_layout(tok, cfg, r), cfg.image_token_id, cfg.pad_token_id or 0,
+                         r.batch, r.seed)
+    return cfg, bank, stream
+
+
+def train_orthus(tok: Tokenizer, vae: ImageTokenizer, r: OrthusRecipe, device: str = "cpu",
+                 log_every: int = 100) -> tuple[Orthus, list[float]]:
+    cfg, bank, stream = build_stream(tok, vae, r)
+    model = new_model(cfg, bank, r.seed).to(device)
+    tc = TrainConfig(steps=r.steps, lr=r.lr, batch_size=r.batch, warmup=min(100, r.steps // 10 + 1), seed=r.seed,
+                     log_every=log_every, device=device)
+    losses = train(model, stream, tc,  # type: ignore[arg-type]  # duck-typed stream/batch
+                   lambda b, g: orthus_loss(model, b, g, r.diffusion_batch_mul, r.lm_weight), "orthus")
+    return model.eval(), losses

@@ -1,0 +1,209 @@
+"""Fast checks of the image training code: batches, objectives, overfitting, checkpoints, the bench."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+import torch
+
+from models.bench import image as bench
+from models.nextstep.checkpoint import load_nextstep, save_nextstep
+from models.nextstep.vae import ImageTokenizer
+from models.orthus.checkpoint import load_orthus, save_orthus
+from models.training.images import data
+from models.training.images import nextstep as ns
+from models.training.images import orthus as ot
+from models.training.images import vae as tv
+
+torch.set_num_threads(1)  # tiny models; the box is shared with training jobs
+
+O_TINY = ot.OrthusRecipe(hidden=32, layers=2, heads=2, head_width=32, head_blocks=1, codebook=16, batch=6, pool=12)
+N_TINY = ns.NextStepRecipe(hidden=32, layers=2, heads=2, kv_heads=1, head_width=32, head_layers=1, batch=6,
+                           pool=12)
+
+
+@pytest.fixture(scope="module")
+def tok() -> Any:
+    return data.train_tokenizer(100)
+
+
+@pytest.fixture(scope="module")
+def vae() -> ImageTokenizer:
+    return tv.new_tokenizer(8, seed=0).eval()
+
+
+def _orthus_stream(tok: Any, vae: ImageTokenizer, **over: Any) -> tuple[Any, Any, Any]:
+    return ot.build_stream(tok, vae, dataclasses.replace(O_TINY, **over))
+
+
+def _nextstep_stream(tok: Any, vae: ImageTokenizer, **over: Any) -> tuple[Any, Any, Any]:
+    return ns.build_stream(tok, vae, dataclasses.replace(N_TINY, **over))
+
+
+def _check_batch(b: data.ImageBatch, placeholder: int, boi: int, vocab: int) -> None:
+    bsz, t = b.ids.shape
+    assert b.valid.shape == b.slot_mask.shape == b.lm_targets.shape == (bsz, t)
+    assert int(b.slot_mask.sum()) == b.feats.shape[0] and b.feats.shape[1] == 64
+    assert (b.ids[b.slot_mask] == placeholder).all() and not (b.ids[~b.slot_mask] == placeholder).any()
+    assert not (b.slot_mask & ~b.valid).any()
+    assert b.target_feats.shape == (b.target_pos.numel(), 64)
+    flat = b.slot_mask.flatten()
+    assert flat[b.target_pos].all()
+    # Each generated image starts right after a BOI: its first slot's predecessor is BOI.
+    before = b.ids.flatten()[b.target_pos - 1]
+    assert ((before == boi) | (before == placeholder)).all() and (before == boi).any()
+    lm = b.lm_targets[b.lm_targets != -100]
+    assert ((lm >= 0) & (lm < vocab)).all()
+    assert (b.lm_targets[b.slot_mask] == -100).all()
+
+
+def test_orthus_batches(tok: Any, vae: ImageTokenizer) -> None:
+    cfg, _, stream = _orthus_stream(tok, vae, drop_text=0.0, drop_all=0.0)
+    b = stream.next()
+    _check_batch(b, cfg.image_token_id, cfg.boi_token_id, cfg.vocab_size)
+    # Every row starts with BOS; VQA rows end their answer with EOS, predicted from the token before it.
+    assert (b.ids[:, 0] == cfg.bos_token_id).all()
+    assert (b.lm_targets == cfg.eos_token_id).sum() >= 1
+    assert (b.ids == cfg.sep_token_id).sum(1).ge(1).all()
+
+
+def test_nextstep_batches(tok: Any, vae: ImageTokenizer) -> None:
+    cfg, _, stream = _nextstep_stream(tok, vae, drop_text=0.0, drop_all=0.0)
+    b = stream.next()
+    _check_batch(b, cfg.image_placeholder_id, cfg.boi, cfg.vocab_size)
+    assert ((b.ids == cfg.image_area_id).sum(1) >= 1).all()
+    assert b.target_pos.numel() == 4 * b.ids.shape[0]  # every NextStep row generates one 2x2 image
+
+
+def _grads_ok(model: torch.nn.Module, loss: torch.Tensor, prefixes: tuple[str, ...]) -> None:
+    assert torch.isfinite(loss)
+    loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    assert all(g is None or torch.isfinite(g).all() for g in grads.values())
+    for pre in prefixes:
+        hit = [g for n, g in grads.items() if n.startswith(pre) and g is not None]
+        assert hit and any(g.abs().sum() > 0 for g in hit), f"no gradient on {pre}"
+
+
+def test_orthus_step_gradients(tok: Any, vae: ImageTokenizer) -> None:
+    cfg, bank, stream = _orthus_stream(tok, vae)
+    model = ot.new_model(cfg, bank)
+    loss = ot.orthus_loss(model, stream.next(), torch.Generator().manual_seed(0))
+    _grads_ok(model, loss, ("head.", "backbone.layers.", "backbone.embed.", "lm_head."))
+
+
+def test_nextstep_step_gradients(tok: Any, vae: ImageTokenizer) -> None:
+    cfg, _, stream = _nextstep_stream(tok, vae)
+    model = ns.new_model(cfg)
+    loss = ns.nextstep_loss(model, stream.next(), torch.Generator().manual_seed(0))
+    _grads_ok(model, loss, ("image_head.", "image_in_projector.", "image_out_projector.", "backbone.layers.",
+                            "backbone.lm_head."))
+
+
+def test_vae_step_gradients() -> None:
+    t = tv.new_tokenizer(8)
+    batch = tv.RenderStream(8, 4, seed=0).next()
+    _grads_ok(t, tv.vae_loss(t, batch, torch.Generator().manual_seed(0)), ("vae.encoder.", "vae.decoder."))
+
+
+def _overfit(model: torch.nn.Module, loss_fn: Any, batch: Any, steps: int = 30, lr: float = 3e-3) -> list[float]:
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        # Same t and noise every step: the objective is then a fixed function and must go down.
+        loss = loss_fn(model, batch, torch.Generator().manual_seed(0))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def test_overfit_one_batch(tok: Any, vae: ImageTokenizer) -> None:
+    cfg, bank, stream = _orthus_stream(tok, vae)
+    lo = _overfit(ot.new_model(cfg, bank), ot.orthus_loss, stream.next())
+    cfg_n, _, stream_n = _nextstep_stream(tok, vae)
+    ln = _overfit(ns.new_model(cfg_n), ns.nextstep_loss, stream_n.next())
+    t = tv.new_tokenizer(8)
+    lv = _overfit(t, tv.vae_loss, tv.RenderStream(8, 8, seed=0).next())
+    for name, losses in (("orthus", lo), ("nextstep", ln), ("vae", lv)):
+        assert losses[-1] < 0.6 * losses[0], f"{name} did not overfit: {losses[0]:.3f} -> {losses[-1]:.3f}"
+
+
+def test_checkpoint_round_trip(tok: Any, vae: ImageTokenizer, tmp_path: Any) -> None:
+    cfg, bank, stream = _orthus_stream(tok, vae)
+    model = ot.new_model(cfg, bank)
+    _overfit(model, ot.orthus_loss, stream.next(), steps=3)
+    save_orthus(model, tmp_path / "o")
+    back = load_orthus(tmp_path / "o")
+    b = stream.next()
+    with torch.no_grad():
+        assert torch.equal(model.eval()(b.ids, [b.feats])[1], back(b.ids, [b.feats])[1])
+        n = len(b.target_feats)
+        t, c = torch.full((n,), 7), torch.ones(n, cfg.hidden_size)
+        assert torch.equal(model.head(b.target_feats, t, c), back.head(b.target_feats, t, c))
+    cfg_n, _, stream_n = _nextstep_stream(tok, vae)
+    m = ns.new_model(cfg_n)
+    _overfit(m, ns.nextstep_loss, stream_n.next(), steps=3)
+    save_nextstep(m, tmp_path / "n")
+    back_n = load_nextstep(tmp_path / "n")
+    assert back_n.config == cfg_n
+    with torch.no_grad():
+        assert all(torch.equal(p, q) for p, q in zip(m.state_dict().values(), back_n.state_dict().values(),
+                                                     strict=True))
+    vae.save_pretrained(tmp_path / "v")
+    x = data.render_batch([ex.target or ex.source for ex in stream.examples[:2]])
+    assert torch.equal(vae.encode(x), ImageTokenizer.from_pretrained(tmp_path / "v").encode(x))
+
+
+def test_bench_runs_end_to_end(tok: Any, vae: ImageTokenizer) -> None:
+    cfg, bank, _ = _orthus_stream(tok, vae)
+    cfg_n, _, _ = _nextstep_stream(tok, vae)
+    backends = [bench.orthus_backend(ot.new_model(cfg, bank).eval(), vae, tok, steps=2),
+                bench.nextstep_backend(ns.new_model(cfg_n).eval(), vae, tok, steps=2)]
+    rows = bench.run(2, backends, "cpu")
+    keys = {"backend", "t2i_score", "edit_success", "vqa_accuracy", "s_per_image", "images_per_s_1",
+            "images_per_s_8"}
+    assert [r.backend for r in rows] == ["orthus", "nextstep"]
+    for r in rows:
+        d = dataclasses.asdict(r)
+        assert set(d) == keys
+        assert 0.0 <= d["t2i_score"] <= 1.0 and 0.0 <= d["edit_success"] <= 1.0
+        assert d["s_per_image"] > 0 and d["images_per_s_1"] > 0 and d["images_per_s_8"] > 0
+    assert rows[0].vqa_accuracy is not None and 0.0 <= rows[0].vqa_accuracy <= 1.0
+    assert rows[1].vqa_accuracy is None
+
+
+def test_layouts_match_inference_prompts(tok: Any, vae: ImageTokenizer) -> None:
+    """Training rows must be the prompts the generation code builds, or the models learn the wrong context."""
+    import random
+
+    from models.nextstep.generate import GenerationConfig, edit_rows, t2i_rows
+    from models.orthus.prompt import build_prompt
+    from models.orthus.prompt import edit_rows as orthus_edit_rows
+
+    ex_t2i, ex_edit = data.make_pool(2, 0, {"t2i": 1, "edit": 1})
+    cfg, _, _ = _orthus_stream(tok, vae)
+    bank = data.FeatureBank(vae, [ex_t2i, ex_edit])
+    layout = ot.make_layout(tok, cfg, dataclasses.replace(O_TINY, drop_text=0.0, drop_all=0.0))
+    rows = data.collate([layout(ex, bank, random.Random(0)) for ex in (ex_t2i, ex_edit)], 0, cfg.image_token_id)
+    want = [[*build_prompt(cfg, tok.encode(ex_t2i.text).ids).ids, cfg.boi_token_id],
+            [*orthus_edit_rows(cfg, bank[ex_edit.source], tok.encode(ex_edit.text).ids)[0].ids, cfg.boi_token_id]]
+    for i, w in enumerate(want):
+        assert rows.ids[i, :len(w)].tolist() == w
+    cfg_n, _, _ = _nextstep_stream(tok, vae)
+    layout_n = ns.make_layout(tok, cfg_n, dataclasses.replace(N_TINY, drop_text=0.0, drop_all=0.0))
+    rows_n = data.collate([layout_n(ex, bank, random.Random(0)) for ex in (ex_t2i, ex_edit)], 0,
+                          cfg_n.image_placeholder_id)
+    model = ns.new_model(cfg_n)
+    gen = GenerationConfig(cfg_scale=1.0, negative_prompt="")
+
+    def enc(s: str) -> list[int]:
+        return tok.encode(s).ids
+
+    want_n = [t2i_rows(model, enc, [ex_t2i.text], (2, 2), gen)[0],
+              edit_rows(model, enc, [ex_edit.text], (2, 2), (2, 2), gen)[0]]
+    for i, w in enumerate(want_n):
+        assert rows_n.ids[i, :len(w)].tolist() == w
