@@ -2,6 +2,7 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml sdk/pyproject.toml requirements.lock | cksum | cut -d' ' -f1)
+ARGS   ?=
 DEMO_Q ?= Mia has 12 shells. She finds 7 more. She gives away 3. She buys 5 more. How many shells does Mia have now?
 
 .PHONY: setup test lint bench sweep run demo train protos clean
@@ -27,7 +28,7 @@ sweep: setup
 	$(PY) -m models.bench text --sweep --problems 40
 
 run: setup
-	$(PY) -m services.stack
+	$(PY) -m services.stack $(ARGS)
 
 demo: setup
 	$(PY) -m models.d2f "$(DEMO_Q)"

@@ -1,8 +1,12 @@
-"""The whole stack on one machine (`make run`): Redis, Ray + the Serve text worker behind its gRPC
-proxy, and the gateway with its dispatcher. Prints the address and a ready-to-paste command;
-Ctrl-C stops everything it started.
+"""The whole stack on one machine (`make run`): Redis, Ray + the Serve text, image and understanding
+workers behind one gRPC proxy, and the gateway with its dispatchers. Prints the address and
+ready-to-paste commands; Ctrl-C stops everything it started.
 
     python -m services.stack [--port 50051] [--worker-port 9000] [--metrics-port 9464]
+                             [--image-checkpoints DIR] [--image-config YAML] [--understanding-config YAML]
+
+The image workers need the shapes checkpoints (models/checkpoints/shapes-*, or DIR/shapes-* from
+`python -m models.training.images --out DIR`); without them the stack serves text only.
 """
 
 from __future__ import annotations
@@ -22,8 +26,13 @@ from services.common.redis_server import RedisServer
 from services.gateway.auth import hash_key
 from services.gateway.config import GatewayConfig
 from services.gateway.server import Gateway
+from services.workers.image.config import ImageWorkerConfig
+from services.workers.understanding.config import UnderstandingWorkerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
+IMAGE_DEMO = "a red circle left of a blue square"
+EDIT_DEMO = "make the circle green"
+ASK_DEMO = "what colour is the square?"
 DEMO = "Mia has 12 shells. She finds 7 more. She gives away 3. She buys 5 more. How many shells does Mia have now?"
 log = logging.getLogger("tessera.stack")
 
@@ -38,10 +47,23 @@ def dev_api_key() -> str:
     return path.read_text().strip()
 
 
+def image_configs(args: argparse.Namespace) -> tuple[ImageWorkerConfig, UnderstandingWorkerConfig]:
+    """The image and understanding worker configs, with --image-checkpoints applied."""
+    image = ImageWorkerConfig.load(args.image_config)
+    understanding = UnderstandingWorkerConfig.load(args.understanding_config)
+    if args.image_checkpoints:
+        root = Path(args.image_checkpoints).expanduser().resolve()
+        image.model.model_dir = str(root / f"shapes-{image.model.backend}")
+        understanding.model.model_dir = str(root / "shapes-orthus")
+    return image, understanding
+
+
 async def run(args: argparse.Namespace) -> None:
     from ray import serve
 
+    from services.workers.image.server import start_image_worker
     from services.workers.text.server import start_text_worker
+    from services.workers.understanding.server import start_understanding_worker
 
     key = dev_api_key()
     os.environ["TESSERA_API_KEYS"] = f"dev:{hash_key(key)}"
@@ -50,19 +72,29 @@ async def run(args: argparse.Namespace) -> None:
     gateway: Gateway | None = None
     try:
         log.info("starting Ray and the text worker (first start takes ~20 s)...")
+        # Logical CPUs: each replica asks for one and runs one torch thread; three replicas must fit on
+        # a 2-core laptop (they mostly wait for requests).
         await asyncio.to_thread(start_text_worker, args.worker_config, args.worker_port, args.http_port,
-                                num_cpus=os.cpu_count())
+                                num_cpus=max(4, os.cpu_count() or 1))
         cfg = GatewayConfig.load(args.gateway_config)
+        image_cfg, understanding_cfg = image_configs(args)
+        images = image_cfg.model.path.exists() and understanding_cfg.model.path.exists()
+        if images:
+            log.info("starting the image and understanding workers (%s)...", image_cfg.model.path.parent)
+            await asyncio.to_thread(start_image_worker, image_cfg, args.worker_port, args.http_port)
+            await asyncio.to_thread(start_understanding_worker, understanding_cfg, args.worker_port, args.http_port)
+            cfg.images.models = [image_cfg.model.name]
+            cfg.understanding.models = [understanding_cfg.model.name]
+        else:
+            log.warning("image checkpoints not found (%s, %s): serving text only; train them with "
+                        "`python -m models.training.images` or pass --image-checkpoints DIR",
+                        image_cfg.model.path, understanding_cfg.model.path)
+            cfg.dispatcher.services = ["text"]
         cfg.host, cfg.port, cfg.metrics_port, cfg.redis_url = args.host, args.port, args.metrics_port, redis.url
         cfg.dispatcher.worker_address = f"127.0.0.1:{args.worker_port}"
         gateway = Gateway(cfg)
         port = await gateway.start()
-        cli = Path(sys.executable).parent / "tessera"
-        print(f"\nTessera is up.\n  gateway  {args.host}:{port} (gRPC, API key required)\n"
-              f"  metrics  http://127.0.0.1:{args.metrics_port}/metrics\n  worker   Ray Serve gRPC proxy "
-              f"127.0.0.1:{args.worker_port}\n  redis    {redis.url}\n\nTry it in another terminal:\n\n"
-              f"  {cli} --address 127.0.0.1:{port} --api-key {key} text {shlex.quote(DEMO)}\n\n"
-              "Ctrl-C stops everything.\n", flush=True)
+        print(banner(args, port, key, redis.url, images), flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -81,6 +113,20 @@ async def run(args: argparse.Namespace) -> None:
         redis.stop()
 
 
+def banner(args: argparse.Namespace, port: int, key: str, redis_url: str, images: bool) -> str:
+    cli = f"{Path(sys.executable).parent / 'tessera'} --address 127.0.0.1:{port} --api-key {key}"
+    lines = [f"  {cli} text {shlex.quote(DEMO)}"]
+    if images:
+        lines += [f"  {cli} image {shlex.quote(IMAGE_DEMO)} --size 256 -o out.png",
+                  f"  {cli} edit out.png {shlex.quote(EDIT_DEMO)} --size 256 -o edited.png",
+                  f"  {cli} ask out.png {shlex.quote(ASK_DEMO)}"]
+    workers = "text, image, understanding" if images else "text (no image checkpoints)"
+    return (f"\nTessera is up.\n  gateway  {args.host}:{port} (gRPC, API key required)\n"
+            f"  metrics  http://127.0.0.1:{args.metrics_port}/metrics\n  workers  {workers} behind the Ray Serve "
+            f"gRPC proxy 127.0.0.1:{args.worker_port}\n  redis    {redis_url}\n\nTry it in another terminal:\n\n"
+            + "\n".join(lines) + "\n\nCtrl-C stops everything.\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--host", default="127.0.0.1")
@@ -91,6 +137,11 @@ def main() -> None:
     ap.add_argument("--redis-port", type=int, default=0, help="0 = a free port")
     ap.add_argument("--worker-config", default=str(ROOT / "services/workers/text/config.yaml"))
     ap.add_argument("--gateway-config", default=str(ROOT / "services/gateway/config.yaml"))
+    ap.add_argument("--image-config", default=str(ROOT / "services/workers/image/config.yaml"))
+    ap.add_argument("--understanding-config", default=str(ROOT / "services/workers/understanding/config.yaml"))
+    ap.add_argument("--image-checkpoints", default=os.environ.get("TESSERA_IMAGE_CHECKPOINTS", ""),
+                    help="directory holding shapes-orthus / shapes-nextstep (env TESSERA_IMAGE_CHECKPOINTS; "
+                         "default: the model_dir of each worker config)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     asyncio.run(run(args))

@@ -19,11 +19,14 @@ from dataclasses import dataclass
 
 import torch
 
-from models.nextstep.head import Sampler, sample_token
+from models.nextstep.head import Generators, Sampler, sample_token
 from models.nextstep.model import NextStep, causal_mask, decode_mask
 from models.nextstep.vae import ImageTokenizer, token_layer_norm
 
 Encode = Callable[[str], list[int]]  # text -> ids, no special tokens added (TextTokenizer.encode)
+# Serving hook called after each image token (tokens done, newest tokens (B, 64)); it never changes
+# results, and raising from it stops generation (cancellation in the image worker).
+TokenHook = Callable[[int, torch.Tensor], None]
 
 
 @dataclass(slots=True)
@@ -107,7 +110,7 @@ def edit_rows(model: NextStep, encode: Encode, instructions: Sequence[str], in_g
 @torch.no_grad()
 def generate_tokens(model: NextStep, ids: torch.Tensor, valid: torch.Tensor, batch: int, num_tokens: int,
                     gen: GenerationConfig, image_tokens: torch.Tensor | None = None,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
+                    generator: Generators = None, on_token: TokenHook | None = None) -> torch.Tensor:
     """ids/valid [K·B, T] (K CFG row groups of B requests) -> image tokens (B, num_tokens, 64)."""
     rows, t = ids.shape
     if rows % batch:
@@ -130,6 +133,8 @@ def generate_tokens(model: NextStep, ids: torch.Tensor, valid: torch.Tensor, bat
         if gen.use_norm:
             tok = token_layer_norm(tok)
         out.append(tok)
+        if on_token is not None:
+            on_token(i + 1, tok)
         if i == num_tokens - 1:
             break  # the reference runs one more backbone step whose output it never reads
         e = model.image_in_projector(tok).to(prompt.dtype).repeat(k, 1)[:, None]  # same token, every row
@@ -147,20 +152,21 @@ def generate_tokens(model: NextStep, ids: torch.Tensor, valid: torch.Tensor, bat
 
 @torch.no_grad()
 def text_to_image(model: NextStep, vae: ImageTokenizer, encode: Encode, prompts: Sequence[str], height: int = 512,
-                  width: int = 512, gen: GenerationConfig | None = None,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """Images (B, 3, height, width) in [-1, 1]."""
+                  width: int = 512, gen: GenerationConfig | None = None, generator: Generators = None,
+                  on_token: TokenHook | None = None) -> torch.Tensor:
+    """Images (B, 3, height, width) in [-1, 1]; a list of generators gives each prompt its own noise."""
     gen = gen or GenerationConfig()
     grid = vae.grid(height, width)
     ids, valid = left_pad(t2i_rows(model, encode, prompts, grid, gen), model.config.pad_id)
-    tokens = generate_tokens(model, ids, valid, len(prompts), grid[0] * grid[1], gen, generator=generator)
+    tokens = generate_tokens(model, ids, valid, len(prompts), grid[0] * grid[1], gen, generator=generator,
+                             on_token=on_token)
     return vae.decode(tokens, grid)
 
 
 @torch.no_grad()
 def edit_image(model: NextStep, vae: ImageTokenizer, encode: Encode, images: torch.Tensor,
-               instructions: Sequence[str], gen: GenerationConfig | None = None,
-               generator: torch.Generator | None = None, out_size: tuple[int, int] | None = None) -> torch.Tensor:
+               instructions: Sequence[str], gen: GenerationConfig | None = None, generator: Generators = None,
+               out_size: tuple[int, int] | None = None, on_token: TokenHook | None = None) -> torch.Tensor:
     """images (B, 3, H, W) in [-1, 1] + instructions -> edited images; three CFG rows per request."""
     gen = gen or GenerationConfig(negative_prompt="Copy original image.", shift=3.2)
     if images.shape[0] != len(instructions):
@@ -172,5 +178,5 @@ def edit_image(model: NextStep, vae: ImageTokenizer, encode: Encode, images: tor
     # Placeholder slots in row-major order: rows 0..B-1 then B..2B-1 hold an image; the last B none.
     image_tokens = torch.cat([src.reshape(-1, src.shape[-1])] * 2)
     tokens = generate_tokens(model, ids, valid, len(instructions), out_grid[0] * out_grid[1], gen,
-                             image_tokens=image_tokens, generator=generator)
+                             image_tokens=image_tokens, generator=generator, on_token=on_token)
     return vae.decode(tokens, out_grid)

@@ -167,7 +167,15 @@ def guided_velocity(head: nn.Module, x: torch.Tensor, t: float, cond: torch.Tens
 # ---- samplers -----------------------------------------------------------------------------------
 
 
-def _randn(shape: tuple[int, ...], device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
+Generators = torch.Generator | list[torch.Generator] | None
+
+
+def _randn(shape: tuple[int, ...], device: torch.device, generator: Generators) -> torch.Tensor:
+    if isinstance(generator, list):
+        # One generator per row (request): a request's noise then does not depend on its batch mates.
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators for {shape[0]} rows")
+        return torch.stack([_randn(shape[1:], device, g) for g in generator])
     # Draw on the generator's own device so a CPU generator gives the same numbers for any model device.
     gdev = generator.device if generator is not None else device
     return torch.randn(shape, generator=generator, device=gdev, dtype=torch.float32).to(device)
@@ -175,7 +183,7 @@ def _randn(shape: tuple[int, ...], device: torch.device, generator: torch.Genera
 
 def sample_token(head: nn.Module, cond: torch.Tensor, batch: int, *, cfg_scale: float = 1.0,
                  cfg_img_scale: float = 1.0, steps: int = 50, shift: float = 1.0, sampler: Sampler = "ode",
-                 last_step_size: float = 0.0, generator: torch.Generator | None = None,
+                 last_step_size: float = 0.0, generator: Generators = None,
                  noise: torch.Tensor | None = None, token_dim: int | None = None) -> torch.Tensor:
     """Integrate noise (t = 0) to a token (t = 1) for `batch` trajectories conditioned on `cond`.
 

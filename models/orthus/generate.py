@@ -12,7 +12,7 @@ appended directly, which is the only token that processor lets start an image.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -26,6 +26,11 @@ if TYPE_CHECKING:
     from diffusers import DDIMScheduler, DDPMScheduler
 
     from models.orthus.model import Orthus
+
+
+# Serving hooks, called between decoding steps (they never change results; raising stops decoding):
+PatchHook = Callable[[int, torch.Tensor], None]  # (patches done, newest latents [B, C])
+TokenHook = Callable[[list[int | None]], None]  # newest token per row, None once the row has stopped
 
 
 class Rows:
@@ -65,10 +70,12 @@ class Rows:
 @torch.no_grad()
 def image_loop(model: Orthus, rows: Sequence[Prompt], guidance: Guidance | None, steps: int,
                generator: Generators = None, num_patches: int | None = None,
-               scheduler: DDIMScheduler | DDPMScheduler | None = None) -> torch.Tensor:
+               scheduler: DDIMScheduler | DDPMScheduler | None = None,
+               on_patch: PatchHook | None = None) -> torch.Tensor:
     """Generate one image's latents [B, N, latent_dim] per request.
 
     rows: group-major CFG rows, len = guidance.rows * B (e.g. [cond_0..cond_B-1, uncond_0..uncond_B-1]).
+    on_patch: called after each patch (progress reporting and cancellation in the image worker).
     """
     cfg = model.config
     groups = guidance.rows if guidance is not None else 1
@@ -83,6 +90,8 @@ def image_loop(model: Orthus, rows: Sequence[Prompt], guidance: Guidance | None,
         x = model.head.sample(state.last, scheduler, steps, generator, guidance)
         z = from_head_space(x, cfg.latent_scale)  # [B, C]
         out.append(z)
+        if on_patch is not None:
+            on_patch(k + 1, z)
         if k + 1 < n:  # the last patch needs no further backbone step
             state.step(model.vision(z, table).repeat(groups, 1))
     return torch.stack(out, dim=1)
@@ -97,8 +106,12 @@ def banned_text_tokens(model: Orthus) -> torch.Tensor:
 
 
 @torch.no_grad()
-def text_loop(model: Orthus, prompts: Sequence[Prompt], max_new_tokens: int) -> list[list[int]]:
-    """Greedy text continuation of each prompt; stops at sep or EOS (not included in the result)."""
+def text_loop(model: Orthus, prompts: Sequence[Prompt], max_new_tokens: int,
+              on_token: TokenHook | None = None) -> list[list[int]]:
+    """Greedy text continuation of each prompt; stops at sep or EOS (not included in the result).
+
+    on_token: called after each step with every row's new token (streaming in the understanding worker).
+    """
     cfg = model.config
     stops = {t for t in (cfg.sep_token_id, cfg.eos_token_id) if t is not None}
     banned = banned_text_tokens(model)
@@ -109,12 +122,16 @@ def text_loop(model: Orthus, prompts: Sequence[Prompt], max_new_tokens: int) -> 
         logits = model.lm_head(state.last).float()
         logits[:, banned] = float("-inf")
         tok = logits.argmax(-1)
+        fresh: list[int | None] = [None] * len(prompts)
         for i, t in enumerate(tok.tolist()):
             if not done[i]:
                 if t in stops:
                     done[i] = True
                 else:
                     out[i].append(t)
+                    fresh[i] = t
+        if on_token is not None:
+            on_token(fresh)
         if all(done) or k + 1 == max_new_tokens:
             break
         state.step(model.backbone.embed(tok))  # finished rows keep stepping; their output is ignored

@@ -17,7 +17,7 @@ from torch import nn
 from models.kv_cache import KVCache
 from models.orthus.backbone import ChameleonBackbone
 from models.orthus.config import OrthusConfig
-from models.orthus.generate import image_loop, text_loop
+from models.orthus.generate import PatchHook, TokenHook, image_loop, text_loop
 from models.orthus.head import CFG, DiffusionHead, Generators, Pix2PixCFG
 from models.orthus.prompt import Prompt, build_prompt, edit_rows
 from models.orthus.vision import SoftVQEmbedding
@@ -75,21 +75,23 @@ class Orthus(nn.Module):
 
     def generate_image(self, prompts: Sequence[Prompt], uncond: Prompt | None = None, guidance_scale: float = 5.0,
                        steps: int = 100, generator: Generators = None, num_patches: int | None = None,
-                       scheduler: DDIMScheduler | DDPMScheduler | None = None) -> torch.Tensor:
+                       scheduler: DDIMScheduler | DDPMScheduler | None = None,
+                       on_patch: PatchHook | None = None) -> torch.Tensor:
         """Latents [B, N, latent_dim] (VQ feature space) for B text prompts.
 
         uncond: the unconditional prompt (the original uses "Generate an image." + sep); None runs
         without CFG. The defaults (scale 5, 100 DDIM steps) are the T2I script's (brief §1.2).
         """
         if uncond is None:
-            return image_loop(self, list(prompts), None, steps, generator, num_patches, scheduler)
+            return image_loop(self, list(prompts), None, steps, generator, num_patches, scheduler, on_patch)
         rows = [*prompts, *[uncond] * len(prompts)]  # group-major: all cond rows, then all uncond rows
-        return image_loop(self, rows, CFG(guidance_scale), steps, generator, num_patches, scheduler)
+        return image_loop(self, rows, CFG(guidance_scale), steps, generator, num_patches, scheduler, on_patch)
 
     def edit_image(self, images: Sequence[torch.Tensor], instructions: Sequence[Sequence[int]],
                    text_scale: float = 1.0, image_scale: float = 1.0, steps: int = 100,
                    generator: Generators = None, num_patches: int | None = None,
-                   scheduler: DDIMScheduler | DDPMScheduler | None = None) -> torch.Tensor:
+                   scheduler: DDIMScheduler | DDPMScheduler | None = None,
+                   on_patch: PatchHook | None = None) -> torch.Tensor:
         """Edited-image latents [B, N, C] for B (source latents [N_src, C], instruction ids) pairs.
 
         The scales default to 1.0 like the original's `cfg_text` / `cfg_image` (brief §1.3), which
@@ -100,11 +102,12 @@ class Orthus(nn.Module):
         per_request = [edit_rows(self.config, img, ins) for img, ins in zip(images, instructions, strict=True)]
         rows = [req[g] for g in range(3) for req in per_request]  # group-major
         guidance = Pix2PixCFG(text_scale, image_scale)
-        return image_loop(self, rows, guidance, steps, generator, num_patches, scheduler)
+        return image_loop(self, rows, guidance, steps, generator, num_patches, scheduler, on_patch)
 
-    def understand(self, prompts: Sequence[Prompt], max_new_tokens: int = 512) -> list[list[int]]:
+    def understand(self, prompts: Sequence[Prompt], max_new_tokens: int = 512,
+                   on_token: TokenHook | None = None) -> list[list[int]]:
         """Greedy answer ids per prompt (build them with `build_prompt(cfg, image_latents, question_ids)`)."""
-        return text_loop(self, prompts, max_new_tokens)
+        return text_loop(self, prompts, max_new_tokens, on_token)
 
     def understand_image(self, image: torch.Tensor, question: Sequence[int], max_new_tokens: int = 512) -> list[int]:
         """Convenience: one image [N, C] + question ids, the "<image>question" prompt of brief §1.3."""

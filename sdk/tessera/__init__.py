@@ -1,4 +1,5 @@
-"""Tessera client SDK: text generation with diffusion LLMs over gRPC.
+"""Tessera client SDK: text generation with diffusion LLMs, image generation and editing, and image
+understanding, over gRPC.
 
     import tessera
     with tessera.Client("localhost:50051", api_key="...") as client:
@@ -8,8 +9,8 @@
 """
 
 from tessera._version import __version__
-from tessera.aio import AsyncClient, AsyncJobEventStream, AsyncTextStream
-from tessera.client import Client, JobEventStream, TextStream
+from tessera.aio import AsyncClient, AsyncImageStream, AsyncJobEventStream, AsyncTextStream
+from tessera.client import Client, ImageStream, JobEventStream, TextStream
 from tessera.errors import (
     CancelledError,
     DeadlineExceededError,
@@ -24,16 +25,21 @@ from tessera.errors import (
     UnavailableError,
     from_rpc_error,
 )
-from tessera.types import TextChunk, TextResult, Usage, text_result_from_job
+from tessera.types import ImageProgress, ImageResult, ImageUsage, TextChunk, TextResult, Usage, text_result_from_job
 
 __all__ = [
     "AsyncClient",
+    "AsyncImageStream",
     "AsyncJobEventStream",
     "AsyncTextStream",
     "CancelledError",
     "Client",
     "DeadlineExceededError",
     "FailedPreconditionError",
+    "ImageProgress",
+    "ImageResult",
+    "ImageStream",
+    "ImageUsage",
     "InternalError",
     "InvalidArgumentError",
     "JobEventStream",

@@ -7,6 +7,7 @@ validation lands in both at once.
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -14,15 +15,26 @@ from typing import TypedDict
 
 import grpc
 
-from tessera.types import TextChunk, TextResult, chunk_from_proto, result_from_proto
-from tessera.v1 import jobs_pb2, text_pb2
+from tessera.types import (
+    ImageProgress,
+    ImageResult,
+    TextChunk,
+    TextResult,
+    chunk_from_proto,
+    image_progress_from_proto,
+    image_result_from_proto,
+    result_from_proto,
+    understanding_result_from_proto,
+)
+from tessera.v1 import images_pb2, jobs_pb2, text_pb2, understanding_pb2
 
 DEFAULT_ADDRESS = "localhost:50051"
 DEFAULT_UNARY_TIMEOUT_S = 120.0
 # Streams live as long as the generation; the deadline only guards against a silently dead gateway.
 DEFAULT_STREAM_TIMEOUT_S = 600.0
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-RETRIED_SERVICES = ("tessera.v1.TextGenerationService", "tessera.v1.JobService")
+RETRIED_SERVICES = ("tessera.v1.TextGenerationService", "tessera.v1.ImageGenerationService",
+                    "tessera.v1.UnderstandingService", "tessera.v1.JobService")
 
 # UNAVAILABLE only: it means the request never reached (or was refused by) a gateway replica, and
 # submissions carry an idempotency key, so a retry attaches to the same job instead of starting another.
@@ -150,6 +162,80 @@ def submit_request(prompt: str, idempotency_key: str | None, params: TextParams)
     return jobs_pb2.SubmitJobRequest(spec=spec, idempotency_key=idempotency_key or new_idempotency_key())
 
 
+class ImageParams(TypedDict, total=False):
+    """Keyword arguments of image generation and editing (zero/None = the model's default)."""
+
+    model: str
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    image_guidance_scale: float
+    seed: int | None
+    preview: bool
+
+
+def image_params(*, width: int = 0, height: int = 0, steps: int = 0, guidance_scale: float = 0.0,
+                 image_guidance_scale: float = 0.0, seed: int | None = None,
+                 preview: bool = False) -> images_pb2.ImageParams:
+    p = images_pb2.ImageParams(width=width, height=height, steps=steps, guidance_scale=guidance_scale,
+                               image_guidance_scale=image_guidance_scale, preview=preview)
+    if seed is not None:
+        p.seed = seed
+    return p
+
+
+def image_bytes(image: bytes | str | os.PathLike[str]) -> bytes:
+    """Image input as bytes: given bytes, or the contents of a file path (PNG or JPEG)."""
+    if isinstance(image, bytes | bytearray | memoryview):
+        return bytes(image)
+    with open(image, "rb") as f:
+        return f.read()
+
+
+def generate_image_request(prompt: str, idempotency_key: str | None,
+                           params: ImageParams) -> images_pb2.GenerateImageRequest:
+    p = dict(params)
+    model = str(p.pop("model", ""))
+    req = images_pb2.ImageRequest(model=model, prompt=prompt, params=image_params(**p))  # type: ignore[arg-type]
+    return images_pb2.GenerateImageRequest(request=req, idempotency_key=idempotency_key or new_idempotency_key())
+
+
+def edit_image_request(image: bytes | str | os.PathLike[str], instruction: str, idempotency_key: str | None,
+                       params: ImageParams) -> images_pb2.EditImageRequest:
+    p = dict(params)
+    model = str(p.pop("model", ""))
+    req = images_pb2.ImageEditRequest(model=model, image=image_bytes(image), instruction=instruction,
+                                      params=image_params(**p))  # type: ignore[arg-type]
+    return images_pb2.EditImageRequest(request=req, idempotency_key=idempotency_key or new_idempotency_key())
+
+
+def understand_request(image: bytes | str | os.PathLike[str], question: str, idempotency_key: str | None,
+                       model: str = "", max_tokens: int = 0) -> understanding_pb2.UnderstandRequest:
+    req = understanding_pb2.UnderstandingRequest(model=model, image=image_bytes(image), question=question,
+                                                 max_tokens=max_tokens)
+    return understanding_pb2.UnderstandRequest(request=req, idempotency_key=idempotency_key or new_idempotency_key())
+
+
+class ImageStreamState:
+    """Turns GenerateImage / EditImage messages into ImageProgress and remembers the job id and result."""
+
+    def __init__(self) -> None:
+        self.job_id = ""
+        self.last_event_id = ""
+        self.result: ImageResult | None = None
+
+    def feed(self, msg: images_pb2.GenerateImageResponse | images_pb2.EditImageResponse) -> ImageProgress | None:
+        self.job_id = msg.job_id or self.job_id
+        self.last_event_id = msg.event_id or self.last_event_id
+        kind = msg.WhichOneof("payload")
+        if kind == "progress":
+            return image_progress_from_proto(msg.progress, self.job_id, msg.event_id)
+        if kind == "result":
+            self.result = image_result_from_proto(msg.result, self.job_id)
+        return None
+
+
 class StreamState:
     """Turns GenerateStream messages into TextChunks and remembers the job id and final result.
 
@@ -161,7 +247,7 @@ class StreamState:
         self.last_event_id = ""
         self.result: TextResult | None = None
 
-    def feed(self, msg: text_pb2.GenerateStreamResponse) -> TextChunk | None:
+    def feed(self, msg: text_pb2.GenerateStreamResponse | understanding_pb2.UnderstandResponse) -> TextChunk | None:
         """Record one message; return the chunk it carries, if any."""
         self.job_id = msg.job_id or self.job_id
         self.last_event_id = msg.event_id or self.last_event_id
@@ -169,7 +255,9 @@ class StreamState:
         if kind == "chunk":
             return chunk_from_proto(msg.chunk, self.job_id, msg.event_id)
         if kind == "result":
-            self.result = result_from_proto(msg.result, self.job_id)
+            self.result = (understanding_result_from_proto(msg.result, self.job_id)
+                           if isinstance(msg, understanding_pb2.UnderstandResponse)
+                           else result_from_proto(msg.result, self.job_id))
         return None
 
 

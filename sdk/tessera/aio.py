@@ -6,6 +6,7 @@ Use it from asyncio services that fan out many generations at once; one channel 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -14,16 +15,16 @@ import grpc
 import grpc.aio
 
 from tessera import _common
-from tessera._common import ClientConfig, StreamState, TextParams
+from tessera._common import ClientConfig, ImageParams, ImageStreamState, StreamState, TextParams
 from tessera._version import __version__
 from tessera.errors import from_rpc_error
-from tessera.types import TextChunk, TextResult, result_from_proto
-from tessera.v1 import jobs_pb2, jobs_pb2_grpc, text_pb2_grpc
+from tessera.types import ImageProgress, ImageResult, TextChunk, TextResult, result_from_proto
+from tessera.v1 import images_pb2_grpc, jobs_pb2, jobs_pb2_grpc, text_pb2_grpc, understanding_pb2_grpc
 
 if TYPE_CHECKING:
     from typing import Unpack
 
-__all__ = ["AsyncClient", "AsyncJobEventStream", "AsyncTextStream"]
+__all__ = ["AsyncClient", "AsyncImageStream", "AsyncJobEventStream", "AsyncTextStream"]
 
 _Msg = TypeVar("_Msg")
 _Out = TypeVar("_Out")
@@ -115,6 +116,41 @@ class AsyncTextStream(_AsyncCallStream[Any, TextChunk]):
         return self
 
 
+class AsyncImageStream(_AsyncCallStream[Any, ImageProgress]):
+    """`async for` over ImageProgress; afterwards `.result` holds the image (see `tessera.ImageStream`)."""
+
+    def __init__(self, call: Any) -> None:
+        super().__init__(call)
+        self._state = ImageStreamState()
+
+    def _convert(self, msg: Any) -> ImageProgress | None:
+        return self._state.feed(msg)
+
+    @property
+    def job_id(self) -> str:
+        return self._state.job_id
+
+    @property
+    def last_event_id(self) -> str:
+        return self._state.last_event_id
+
+    @property
+    def result(self) -> ImageResult | None:
+        return self._state.result
+
+    async def wait(self, on_progress: Callable[[ImageProgress], None] | None = None) -> ImageResult:
+        """Consume the stream (calling `on_progress` per event) and return the image."""
+        async for progress in self:
+            if on_progress is not None:
+                on_progress(progress)
+        if self.result is None:
+            raise RuntimeError(f"image job {self.job_id or '?'} ended without a result")
+        return self.result
+
+    async def __aenter__(self) -> AsyncImageStream:
+        return self
+
+
 class AsyncJobEventStream(_AsyncCallStream[jobs_pb2.WatchJobResponse, jobs_pb2.JobEvent]):
     """`async for` over a job's events until the job ends; cancel() stops watching (not the job)."""
 
@@ -141,6 +177,8 @@ class AsyncClient:
                          else grpc.aio.insecure_channel(address, options=options))
         self._text = text_pb2_grpc.TextGenerationServiceStub(self._channel)
         self._jobs = jobs_pb2_grpc.JobServiceStub(self._channel)
+        self._images = images_pb2_grpc.ImageGenerationServiceStub(self._channel)
+        self._understanding = understanding_pb2_grpc.UnderstandingServiceStub(self._channel)
 
     @property
     def address(self) -> str:
@@ -182,6 +220,44 @@ class AsyncClient:
         """Start a generation; `async for chunk in client.stream_text(...)` (no await needed)."""
         request = _common.stream_request(prompt, idempotency_key, params)
         return AsyncTextStream(self._stream(self._text.GenerateStream, request, timeout))
+
+    # Images and understanding -----------------------------------------------------------------------
+
+    def stream_image(self, prompt: str, *, idempotency_key: str | None = None, timeout: float | None = None,
+                     **params: Unpack[ImageParams]) -> AsyncImageStream:
+        """Start a text-to-image job; `async for` the progress, then read `.result`."""
+        request = _common.generate_image_request(prompt, idempotency_key, params)
+        return AsyncImageStream(self._stream(self._images.GenerateImage, request, timeout))
+
+    async def generate_image(self, prompt: str, *, on_progress: Callable[[ImageProgress], None] | None = None,
+                             idempotency_key: str | None = None, timeout: float | None = None,
+                             **params: Unpack[ImageParams]) -> ImageResult:
+        """Generate an image and wait for it (see `Client.generate_image`)."""
+        async with self.stream_image(prompt, idempotency_key=idempotency_key, timeout=timeout, **params) as stream:
+            return await stream.wait(on_progress)
+
+    def stream_edit(self, image: bytes | str | os.PathLike[str], instruction: str, *,
+                    idempotency_key: str | None = None, timeout: float | None = None,
+                    **params: Unpack[ImageParams]) -> AsyncImageStream:
+        """Start an edit job on `image` (PNG/JPEG bytes or a file path)."""
+        request = _common.edit_image_request(image, instruction, idempotency_key, params)
+        return AsyncImageStream(self._stream(self._images.EditImage, request, timeout))
+
+    async def edit_image(self, image: bytes | str | os.PathLike[str], instruction: str, *,
+                         on_progress: Callable[[ImageProgress], None] | None = None,
+                         idempotency_key: str | None = None, timeout: float | None = None,
+                         **params: Unpack[ImageParams]) -> ImageResult:
+        """Edit an image and wait for the result (see `Client.edit_image`)."""
+        async with self.stream_edit(image, instruction, idempotency_key=idempotency_key, timeout=timeout,
+                                    **params) as stream:
+            return await stream.wait(on_progress)
+
+    def understand(self, image: bytes | str | os.PathLike[str], question: str, *, model: str = "",
+                   max_tokens: int = 0, idempotency_key: str | None = None,
+                   timeout: float | None = None) -> AsyncTextStream:
+        """Ask a question about an image; `async for` the answer's TextChunks, then read `.result`."""
+        request = _common.understand_request(image, question, idempotency_key, model, max_tokens)
+        return AsyncTextStream(self._stream(self._understanding.Understand, request, timeout))
 
     # Jobs ------------------------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -9,16 +10,18 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import grpc
 
 from tessera import _common
-from tessera._common import ClientConfig, StreamState, TextParams
+from tessera._common import ClientConfig, ImageParams, ImageStreamState, StreamState, TextParams
 from tessera._version import __version__
 from tessera.errors import from_rpc_error
-from tessera.types import TextChunk, TextResult, result_from_proto
-from tessera.v1 import jobs_pb2, jobs_pb2_grpc, text_pb2_grpc
+from tessera.types import ImageProgress, ImageResult, TextChunk, TextResult, result_from_proto
+from tessera.v1 import images_pb2_grpc, jobs_pb2, jobs_pb2_grpc, text_pb2_grpc, understanding_pb2_grpc
 
 if TYPE_CHECKING:
     from typing import Unpack
 
-__all__ = ["Client", "JobEventStream", "TextStream"]
+__all__ = ["Client", "ImageStream", "JobEventStream", "TextStream"]
+
+ProgressCallback = Callable[[ImageProgress], None]
 
 _Msg = TypeVar("_Msg")
 _Out = TypeVar("_Out")
@@ -104,6 +107,43 @@ class TextStream(_CallStream[Any, TextChunk]):
         return self
 
 
+class ImageStream(_CallStream[Any, ImageProgress]):
+    """Iterate for ImageProgress (patches done / total, optional preview); afterwards `.result` holds the
+    image. `.job_id` and `.last_event_id` resume a dropped stream through `Client.watch_job`."""
+
+    def __init__(self, call: Any) -> None:
+        super().__init__(call)
+        self._state = ImageStreamState()
+
+    def _convert(self, msg: Any) -> ImageProgress | None:
+        return self._state.feed(msg)
+
+    @property
+    def job_id(self) -> str:
+        return self._state.job_id
+
+    @property
+    def last_event_id(self) -> str:
+        return self._state.last_event_id
+
+    @property
+    def result(self) -> ImageResult | None:
+        """The image once the stream finished; None before that or if it was cancelled."""
+        return self._state.result
+
+    def wait(self, on_progress: ProgressCallback | None = None) -> ImageResult:
+        """Consume the stream (calling `on_progress` per event) and return the image."""
+        for progress in self:
+            if on_progress is not None:
+                on_progress(progress)
+        if self.result is None:
+            raise RuntimeError(f"image job {self.job_id or '?'} ended without a result")
+        return self.result
+
+    def __enter__(self) -> ImageStream:
+        return self
+
+
 class JobEventStream(_CallStream[jobs_pb2.WatchJobResponse, jobs_pb2.JobEvent]):
     """Iterator of a job's events until the job ends; cancel() stops watching (not the job)."""
 
@@ -135,6 +175,8 @@ class Client:
                          else grpc.insecure_channel(address, options=options))
         self._text = text_pb2_grpc.TextGenerationServiceStub(self._channel)
         self._jobs = jobs_pb2_grpc.JobServiceStub(self._channel)
+        self._images = images_pb2_grpc.ImageGenerationServiceStub(self._channel)
+        self._understanding = understanding_pb2_grpc.UnderstandingServiceStub(self._channel)
 
     @property
     def address(self) -> str:
@@ -181,6 +223,46 @@ class Client:
         """Start a generation and return a TextStream yielding text as it becomes final."""
         request = _common.stream_request(prompt, idempotency_key, params)
         return TextStream(self._stream(self._text.GenerateStream, request, timeout))
+
+    # Images and understanding -----------------------------------------------------------------------
+
+    def stream_image(self, prompt: str, *, idempotency_key: str | None = None, timeout: float | None = None,
+                     **params: Unpack[ImageParams]) -> ImageStream:
+        """Start a text-to-image job; iterate the stream for progress, then read `.result`.
+
+        Params (model, width, height, steps, guidance_scale, seed, preview) default to the model's own.
+        """
+        request = _common.generate_image_request(prompt, idempotency_key, params)
+        return ImageStream(self._stream(self._images.GenerateImage, request, timeout))
+
+    def generate_image(self, prompt: str, *, on_progress: ProgressCallback | None = None,
+                       idempotency_key: str | None = None, timeout: float | None = None,
+                       **params: Unpack[ImageParams]) -> ImageResult:
+        """Generate an image and wait for it; `on_progress` sees each ImageProgress on the way."""
+        with self.stream_image(prompt, idempotency_key=idempotency_key, timeout=timeout, **params) as stream:
+            return stream.wait(on_progress)
+
+    def stream_edit(self, image: bytes | str | os.PathLike[str], instruction: str, *,
+                    idempotency_key: str | None = None, timeout: float | None = None,
+                    **params: Unpack[ImageParams]) -> ImageStream:
+        """Start an edit job on `image` (PNG/JPEG bytes or a file path); iterate for progress."""
+        request = _common.edit_image_request(image, instruction, idempotency_key, params)
+        return ImageStream(self._stream(self._images.EditImage, request, timeout))
+
+    def edit_image(self, image: bytes | str | os.PathLike[str], instruction: str, *,
+                   on_progress: ProgressCallback | None = None, idempotency_key: str | None = None,
+                   timeout: float | None = None, **params: Unpack[ImageParams]) -> ImageResult:
+        """Edit an image following `instruction` and wait for the result."""
+        with self.stream_edit(image, instruction, idempotency_key=idempotency_key, timeout=timeout,
+                              **params) as stream:
+            return stream.wait(on_progress)
+
+    def understand(self, image: bytes | str | os.PathLike[str], question: str, *, model: str = "",
+                   max_tokens: int = 0, idempotency_key: str | None = None,
+                   timeout: float | None = None) -> TextStream:
+        """Ask a question about an image; the answer streams as TextChunks, then `.result` summarises it."""
+        request = _common.understand_request(image, question, idempotency_key, model, max_tokens)
+        return TextStream(self._stream(self._understanding.Understand, request, timeout))
 
     # Jobs ------------------------------------------------------------------------------------------
 

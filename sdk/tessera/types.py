@@ -1,4 +1,4 @@
-"""Plain Python results of text generation.
+"""Plain Python results of text generation, image generation and understanding.
 
 Users of `generate_text` / `stream_text` get dataclasses rather than protobuf messages: they print
 readably, compare by value and don't tie user code to generated-code details (enum ints, HasField).
@@ -8,11 +8,13 @@ API's own and wrapping it would only hide fields.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
-from tessera.v1 import common_pb2, jobs_pb2, text_pb2
+from tessera.v1 import common_pb2, images_pb2, jobs_pb2, text_pb2, understanding_pb2
 
-__all__ = ["TextChunk", "TextResult", "Usage", "finish_reason_name", "text_result_from_job"]
+__all__ = ["ImageProgress", "ImageResult", "ImageUsage", "TextChunk", "TextResult", "Usage", "finish_reason_name",
+           "text_result_from_job"]
 
 _FINISH_PREFIX = "FINISH_REASON_"
 
@@ -96,3 +98,68 @@ def text_result_from_job(job: jobs_pb2.Job) -> TextResult | None:
     if not job.HasField("result") or job.result.WhichOneof("kind") != "text":
         return None
     return result_from_proto(job.result.text, job.id)
+
+
+@dataclass(frozen=True)
+class ImageUsage:
+    """How an image was made: patches, denoising steps, how many requests shared its batched model call,
+    and timings in seconds (model call as measured by the worker; total and queue by the gateway)."""
+
+    patches: int = 0
+    steps: int = 0
+    batch_size: int = 0
+    generate_s: float = 0.0
+    total_s: float = 0.0
+    queue_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """A generated or edited image: PNG bytes and their size."""
+
+    png: bytes
+    width: int
+    height: int
+    model: str
+    job_id: str
+    seed: int
+    usage: ImageUsage
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the PNG to `path`."""
+        with open(path, "wb") as f:
+            f.write(self.png)
+
+
+@dataclass(frozen=True)
+class ImageProgress:
+    """Progress of an image job: patches done out of the total, and an optional low-resolution PNG preview."""
+
+    patches_done: int
+    patches_total: int
+    preview_png: bytes
+    job_id: str
+    event_id: str
+
+    @property
+    def fraction(self) -> float:
+        return self.patches_done / self.patches_total if self.patches_total else 0.0
+
+
+def image_result_from_proto(result: images_pb2.ImageResult, job_id: str) -> ImageResult:
+    u = result.usage
+    usage = ImageUsage(patches=u.patches, steps=u.steps, batch_size=u.batch_size, generate_s=u.generate_s,
+                       total_s=u.total_s, queue_s=u.queue_s)
+    return ImageResult(png=result.png, width=result.width, height=result.height, model=result.model, job_id=job_id,
+                       seed=result.seed, usage=usage)
+
+
+def image_progress_from_proto(p: images_pb2.ImageProgress, job_id: str, event_id: str) -> ImageProgress:
+    return ImageProgress(patches_done=p.patches_done, patches_total=p.patches_total, preview_png=p.preview_png,
+                         job_id=job_id, event_id=event_id)
+
+
+def understanding_result_from_proto(result: understanding_pb2.UnderstandingResult, job_id: str) -> TextResult:
+    """An answer reads like a text generation result (text, finish reason, usage)."""
+    return TextResult(text=result.text, finish_reason=finish_reason_name(result.finish_reason), model=result.model,
+                      job_id=job_id, usage=usage_from_proto(result.usage))

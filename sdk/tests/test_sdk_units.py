@@ -40,12 +40,14 @@ def test_submissions_always_carry_an_idempotency_key() -> None:
     assert _common.generate_request("p", "mine", {}).idempotency_key == "mine"
 
 
-def test_service_config_retries_only_unavailable_on_both_services() -> None:
+def test_service_config_retries_only_unavailable_on_every_service() -> None:
     opts = dict(_common.channel_options("ua"))
     assert opts["grpc.enable_retries"] == 1
     assert opts["grpc.max_receive_message_length"] == opts["grpc.max_send_message_length"] == 64 * 1024 * 1024
     (method,) = json.loads(str(opts["grpc.service_config"]))["methodConfig"]
-    assert {n["service"] for n in method["name"]} == {"tessera.v1.TextGenerationService", "tessera.v1.JobService"}
+    assert {n["service"] for n in method["name"]} == {
+        "tessera.v1.TextGenerationService", "tessera.v1.ImageGenerationService", "tessera.v1.UnderstandingService",
+        "tessera.v1.JobService"}
     assert method["retryPolicy"] == {"maxAttempts": 4, "initialBackoff": "0.1s", "maxBackoff": "2s",
                                      "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}
 

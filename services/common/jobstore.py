@@ -36,6 +36,8 @@ from tessera.v1 import jobs_pb2
 
 TERMINAL = (jobs_pb2.JOB_STATE_SUCCEEDED, jobs_pb2.JOB_STATE_FAILED, jobs_pb2.JOB_STATE_CANCELLED)
 GROUP = "dispatchers"
+# The queue (service) each kind of JobSpec runs on: image generation and editing share the image workers.
+SERVICE_OF = {"text": "text", "image": "image", "edit": "image", "understand": "understanding"}
 
 _SUBMIT = """
 local job, events, owner_idx, queue, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]

@@ -47,6 +47,11 @@ class Metrics:
                                 registry=r)
         self.dead_letters = Counter("tessera_dead_letters_total", "Jobs moved to the dead-letter stream",
                                     ["service"], registry=r)
+        self.images = Counter("tessera_images_generated_total", "Images returned by image jobs",
+                              ["model", "kind"], registry=r)
+        self.seconds_per_image = Histogram("tessera_seconds_per_image",
+                                           "Worker model-call seconds per image (batched call / batch size)",
+                                           ["model"], buckets=_LATENCY, registry=r)
         self.redis_up = Gauge("tessera_redis_up", "1 when the job store answered the last poll", registry=r)
 
     def serve(self, port: int, host: str = "0.0.0.0") -> None:

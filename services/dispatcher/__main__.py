@@ -1,6 +1,7 @@
 """A standalone dispatcher process: `python -m services.dispatcher [--config gateway.yaml]`.
 
-The gateway runs dispatchers in-process by default; run this to scale them separately.
+The gateway runs dispatchers in-process by default; run this to scale them separately. It runs one
+dispatcher per service in `dispatcher.services` (text, image, understanding).
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ import logging
 
 from services.common.jobstore import JobStore
 from services.common.metrics import Metrics
-from services.dispatcher.dispatcher import Dispatcher
-from services.dispatcher.worker_client import WorkerClient
+from services.dispatcher.dispatcher import dispatch_all
 from services.gateway.config import GatewayConfig
 
 
@@ -21,11 +21,7 @@ async def _run(cfg: GatewayConfig, metrics_port: int) -> None:
     metrics = Metrics()
     if metrics_port:
         metrics.serve(metrics_port)
-    worker = WorkerClient(cfg.dispatcher.worker_address, cfg.dispatcher.worker_application)
-    try:
-        await Dispatcher(store, worker, cfg.dispatcher, metrics).run()
-    finally:
-        await worker.close()
+    await dispatch_all(store, cfg.dispatcher, metrics)
 
 
 def main() -> None:

@@ -1,5 +1,9 @@
 """The dispatcher: moves jobs from a service's Redis queue to its workers and back.
 
+One Dispatcher runs one queue (text, image or understanding) with its own window, so slow image jobs
+never hold back text; a dispatcher process runs one per service (`dispatch_all`). What one attempt
+does per kind of job lives in `runners.py`.
+
 - Consumes `queue:{service}` in the `dispatchers` consumer group, at most `max_in_flight` jobs
   at a time (a bounded window: the queue, not the worker, absorbs bursts).
 - For each job: claims an attempt (the attempt number is a fencing token), forwards it to the
@@ -7,8 +11,8 @@
   the job exactly once (Lua compare-and-set).
 - Heartbeats its pending entries (XCLAIM JUSTID resets their idle time); another dispatcher
   reclaims entries idle longer than `claim_idle_ms` (XAUTOCLAIM) and resumes the job, skipping
-  the tokens already streamed (the gateway fixed the seed, so every attempt yields the same
-  tokens). Jobs that exhaust `max_attempts` go to the dead-letter stream.
+  the tokens (or image patches) already streamed (the gateway fixed the seed, so every attempt
+  yields the same output). Jobs that exhaust `max_attempts` go to the dead-letter stream.
 - Cancellation (pub/sub) and deadlines cancel the worker call, which stops the decoding loop.
 """
 
@@ -19,70 +23,26 @@ import contextlib
 import logging
 import os
 import socket
-import time
 from dataclasses import dataclass, field
 
 import grpc
 import redis.asyncio as aioredis
 
 from services.common.aio import cancel_all
-from services.common.jobstore import GROUP, TERMINAL, JobRecord, JobStore, event_bytes, now_ms
+from services.common.jobstore import GROUP, SERVICE_OF, TERMINAL, JobStore, now_ms
 from services.common.metrics import Metrics
-from services.dispatcher.worker_client import WorkerClient, WorkerError
+from services.dispatcher.runners import RUNNERS, Attempt
+from services.dispatcher.worker_client import WorkerClient
 from services.gateway.config import DispatcherConfig
-from tessera.v1 import common_pb2, jobs_pb2, text_pb2
 
 log = logging.getLogger(__name__)
 _REDIS_DOWN = (aioredis.ConnectionError, aioredis.TimeoutError, ConnectionError, OSError)
-_FINISH = {"stop": common_pb2.FINISH_REASON_STOP, "length": common_pb2.FINISH_REASON_LENGTH}
 
 
 @dataclass(slots=True)
 class _Running:
     task: asyncio.Task[None]
     entry_id: str
-
-
-class _ChunkWriter:
-    """Appends one attempt's chunks to the job's event stream without waiting on each write:
-    chunks that arrive while a write is in flight go out together in the next one, and whatever
-    is left at the end rides along with the result. A slow model pays one round trip per chunk;
-    a fast one, far fewer."""
-
-    def __init__(self, store: JobStore, job_id: str, attempt: int, max_tokens: int) -> None:
-        self.store, self.job_id, self.attempt, self.max_tokens = store, job_id, attempt, max_tokens
-        self.pending: list[bytes] = []
-        self.tokens = 0
-        self.lost = False  # the attempt no longer owns the job (cancelled or reclaimed)
-        self._closing = False
-        self._task: asyncio.Task[None] | None = None
-
-    def add(self, event: bytes, tokens: int) -> None:
-        if self._task is not None and self._task.done() and self._task.exception() is not None:
-            raise self._task.exception()  # type: ignore[misc]
-        self.pending.append(event)
-        self.tokens = tokens
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._flush())
-
-    async def _flush(self) -> None:
-        while self.pending and not self.lost and not self._closing:
-            batch, self.pending = self.pending, []
-            if not await self.store.append_chunks(self.job_id, self.attempt, batch, self.tokens,
-                                                  min(1.0, self.tokens / self.max_tokens)):
-                self.lost = True
-
-    async def drain(self) -> list[bytes]:
-        """Wait for the write in flight; the chunks not written yet (for the final call)."""
-        self._closing = True
-        if self._task is not None:
-            await self._task
-        rest, self.pending = self.pending, []
-        return rest
-
-    def close(self) -> None:
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
 
 
 @dataclass
@@ -178,7 +138,16 @@ class Dispatcher:
                 await self._end_failed(job_id, attempt, grpc.StatusCode.DEADLINE_EXCEEDED,
                                        "the job's deadline passed before it could run", entry_id)
                 return
-        outcome = await self._run_text(job_id, attempt, rec, timeout, entry_id)
+        kind = rec.job.spec.WhichOneof("kind")
+        runner = RUNNERS.get(kind or "")
+        if runner is None or SERVICE_OF.get(kind or "") != self.service:
+            await self._end_failed(job_id, attempt, grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"a {kind or 'empty'} job cannot run on the {self.service} queue", entry_id)
+            return
+        outcome = await runner(Attempt(self.store, self.metrics, self.worker, self.service, job_id, attempt, rec,
+                                       timeout, entry_id))
+        if outcome == "retry":
+            log.warning("job %s attempt %d: %s worker unavailable; retrying", job_id, attempt, self.service)
         if outcome in ("ok", "failed"):  # the final write retired the queue entry too
             return
         if outcome == "retry":
@@ -191,80 +160,6 @@ class Dispatcher:
             if now is not None and now.job.state not in TERMINAL:
                 return
         await self.store.done(self.service, entry_id)
-
-    async def _run_text(self, job_id: str, attempt: int, rec: JobRecord, timeout: float | None,
-                        entry_id: str) -> str:
-        """Run one attempt; returns "ok", "failed", "retry" or "gone" (the job is not ours any more)."""
-        req = rec.job.spec.text
-        model = req.model
-        skip = rec.tokens
-        total, forwards, prompt_tokens = skip, 0, 0
-        text_parts: list[str] = []
-        if skip:  # the text streamed by earlier attempts is part of the result
-            text_parts.append(await self._streamed_text(job_id))
-        created = rec.create_ms / 1000
-        dispatched = time.time()
-        first_chunk: float | None = None
-        last_chunk: float | None = None
-        finish = common_pb2.FINISH_REASON_UNSPECIFIED
-        writer = _ChunkWriter(self.store, job_id, attempt, req.params.max_tokens or 128)
-        try:
-            async for msg in self.worker.generate(job_id, req, skip, timeout):
-                now = time.time()
-                if msg.token_count:
-                    total += msg.token_count
-                    text_parts.append(msg.text)
-                    chunk = text_pb2.TextChunk(text=msg.text, token_count=msg.token_count, total_tokens=total)
-                    writer.add(event_bytes(text_chunk=chunk), total)
-                    if writer.lost:
-                        return "gone"  # cancelled, or reclaimed by another dispatcher: stop writing
-                    if first_chunk is None:
-                        first_chunk = now
-                    if last_chunk is None and skip == 0:
-                        self.metrics.ttfc.labels(self.service, model).observe(now - created)
-                    elif last_chunk is not None:
-                        self.metrics.inter_chunk.labels(self.service, model).observe(now - last_chunk)
-                    last_chunk = now
-                forwards = msg.forward_passes or forwards
-                if msg.finished:
-                    finish = _FINISH.get(msg.finish_reason, common_pb2.FINISH_REASON_UNSPECIFIED)
-                    prompt_tokens, model = msg.prompt_tokens, msg.model or model
-            unwritten = await writer.drain()
-        except WorkerError as e:
-            if e.retryable:
-                log.warning("job %s attempt %d: worker unavailable (%s)", job_id, attempt, e)
-                return "retry"
-            await self._end_failed(job_id, attempt, e.code, e.message, entry_id)
-            return "failed"
-        finally:
-            writer.close()
-        if writer.lost:
-            return "gone"
-        done = time.time()
-        new_tokens = total - skip
-        usage = text_pb2.TextUsage(prompt_tokens=prompt_tokens, completion_tokens=total, forward_passes=forwards,
-                                   tokens_per_forward=new_tokens / forwards if forwards else 0.0,
-                                   time_to_first_chunk_s=(first_chunk or done) - created, total_s=done - created,
-                                   queue_s=dispatched - created)
-        result = jobs_pb2.JobResult(text=text_pb2.TextResult(text="".join(text_parts), finish_reason=finish,
-                                                             usage=usage, model=model))
-        if not await self.store.succeed(job_id, attempt, result, ack=(self.service, entry_id),
-                                        chunk_events=unwritten, tokens=total):
-            return "gone"
-        self.metrics.jobs.labels(self.service, "SUCCEEDED").inc()
-        self.metrics.e2e.labels(self.service, model).observe(done - created)
-        self.metrics.tokens.labels(model).inc(new_tokens)
-        if forwards:
-            self.metrics.tpf.labels(model).observe(new_tokens / forwards)
-        return "ok"
-
-    async def _streamed_text(self, job_id: str) -> str:
-        parts = []
-        for _, fields in await self.store.r.xrange(self.store.events_key(job_id)):
-            ev = jobs_pb2.JobEvent.FromString(fields[b"e"])
-            if ev.WhichOneof("kind") == "text_chunk":
-                parts.append(ev.text_chunk.text)
-        return "".join(parts)
 
     async def _end_failed(self, job_id: str, attempt: int, code: grpc.StatusCode, message: str,
                           entry_id: str) -> None:
@@ -318,3 +213,22 @@ class Dispatcher:
                         self.metrics.jobs.labels(self.service, "CANCELLED").inc()
             except _REDIS_DOWN:
                 await asyncio.sleep(1.0)
+
+
+def worker_clients(cfg: DispatcherConfig) -> dict[str, WorkerClient]:
+    """A worker client per dispatched service, for its Serve application."""
+    return {svc: WorkerClient(cfg.worker_address, app) for svc, app in cfg.applications.items()}
+
+
+async def dispatch_all(store: JobStore, cfg: DispatcherConfig, metrics: Metrics,
+                       workers: dict[str, WorkerClient] | None = None) -> None:
+    """One Dispatcher per configured service (its own window and worker client); runs until cancelled.
+    Clients passed in stay open (their owner closes them); the ones made here are closed here."""
+    own = workers is None
+    clients = worker_clients(cfg) if workers is None else workers
+    try:
+        await asyncio.gather(*(Dispatcher(store, w, cfg, metrics, svc).run() for svc, w in clients.items()))
+    finally:
+        if own:
+            for w in clients.values():
+                await w.close()

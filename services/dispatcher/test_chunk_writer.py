@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from services.dispatcher.dispatcher import _ChunkWriter
+from services.dispatcher.runners import _ChunkWriter
 
 
 class GatedStore:

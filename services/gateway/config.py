@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+SERVICES = ("text", "image", "understanding")  # one Redis queue each
+
 
 @dataclass(slots=True)
 class TextLimits:
@@ -19,6 +21,37 @@ class TextLimits:
     def __post_init__(self) -> None:
         if self.max_prompt_chars <= 0 or self.max_tokens <= 0 or not self.models:
             raise ValueError("text limits need positive sizes and at least one model")
+
+
+@dataclass(slots=True)
+class ImageLimits:
+    """Limits of image generation and editing requests (checked before anything is enqueued)."""
+
+    max_prompt_chars: int = 1000
+    max_image_bytes: int = 4 << 20  # an edit's input image, encoded
+    min_side: int = 8  # input and output sides, pixels
+    max_side: int = 1024
+    max_steps: int = 200
+    models: list[str] = field(default_factory=lambda: ["shapes-orthus"])  # first = default
+
+    def __post_init__(self) -> None:
+        if min(self.max_prompt_chars, self.max_image_bytes, self.min_side, self.max_steps) <= 0 or not self.models:
+            raise ValueError("image limits need positive sizes and at least one model")
+        if self.max_side < self.min_side:
+            raise ValueError(f"images.max_side ({self.max_side}) must be >= min_side ({self.min_side})")
+
+
+@dataclass(slots=True)
+class UnderstandingLimits:
+    """Limits of understanding requests (the image limits are ImageLimits')."""
+
+    max_question_chars: int = 1000
+    max_tokens: int = 64
+    models: list[str] = field(default_factory=lambda: ["shapes-orthus"])  # first = default
+
+    def __post_init__(self) -> None:
+        if self.max_question_chars <= 0 or self.max_tokens <= 0 or not self.models:
+            raise ValueError("understanding limits need positive sizes and at least one model")
 
 
 @dataclass(slots=True)
@@ -38,7 +71,10 @@ class AuthConfig:
 class DispatcherConfig:
     enabled: bool = True  # run dispatchers inside the gateway process
     worker_address: str = "127.0.0.1:9000"  # Ray Serve gRPC proxy
-    worker_application: str = "text"
+    worker_application: str = "text"  # the text worker's Serve application
+    image_application: str = "image"
+    understanding_application: str = "understanding"
+    services: list[str] = field(default_factory=lambda: list(SERVICES))  # queues this process dispatches
     max_in_flight: int = 8  # bounded window of jobs forwarded at once, per dispatcher
     claim_idle_ms: int = 15000  # a pending job idle this long belongs to a dead dispatcher
     heartbeat_ms: int = 3000  # how often a live dispatcher refreshes its jobs' idle time
@@ -50,6 +86,15 @@ class DispatcherConfig:
             raise ValueError("max_in_flight and max_attempts must be positive")
         if self.heartbeat_ms * 2 > self.claim_idle_ms:
             raise ValueError("heartbeat_ms must be well below claim_idle_ms (at most half)")
+        if unknown := set(self.services) - set(SERVICES):
+            raise ValueError(f"dispatcher.services: unknown {sorted(unknown)}; expected some of {list(SERVICES)}")
+
+    @property
+    def applications(self) -> dict[str, str]:
+        """Serve application per dispatched service."""
+        apps = {"text": self.worker_application, "image": self.image_application,
+                "understanding": self.understanding_application}
+        return {s: apps[s] for s in self.services}
 
 
 @dataclass(slots=True)
@@ -62,6 +107,8 @@ class GatewayConfig:
     job_ttl_s: int = 86400
     grace_s: float = 5.0
     text: TextLimits = field(default_factory=TextLimits)
+    images: ImageLimits = field(default_factory=ImageLimits)
+    understanding: UnderstandingLimits = field(default_factory=UnderstandingLimits)
     auth: AuthConfig = field(default_factory=AuthConfig)
     dispatcher: DispatcherConfig = field(default_factory=DispatcherConfig)
 
@@ -73,7 +120,8 @@ class GatewayConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GatewayConfig:
-        nested = {"text": TextLimits, "auth": AuthConfig, "dispatcher": DispatcherConfig}
+        nested = {"text": TextLimits, "images": ImageLimits, "understanding": UnderstandingLimits, "auth": AuthConfig,
+                  "dispatcher": DispatcherConfig}
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:

@@ -7,6 +7,7 @@ on the next call, so the gateway recovers as soon as Redis is back.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
@@ -15,12 +16,19 @@ import grpc
 import redis.asyncio as aioredis
 from google.rpc import status_pb2
 
-from services.common.jobstore import TERMINAL, JobStore, now_ms
+from services.common.jobstore import SERVICE_OF, TERMINAL, JobStore, now_ms
 from services.common.metrics import Metrics
 from services.common.rpc_errors import RpcError, status_code_of, unavailable
 from services.gateway.config import GatewayConfig
-from services.gateway.validation import check_job_id, check_text
-from tessera.v1 import jobs_pb2, text_pb2
+from services.gateway.validation import (
+    check,
+    check_job_id,
+    check_text,
+    edit_request_violations,
+    image_request_violations,
+    understanding_violations,
+)
+from tessera.v1 import jobs_pb2
 
 T = TypeVar("T")
 _REDIS_ERRORS = (aioredis.ConnectionError, aioredis.TimeoutError, ConnectionError, OSError)
@@ -37,32 +45,52 @@ class DataPlane:
     def __init__(self, cfg: GatewayConfig, store: JobStore, metrics: Metrics) -> None:
         self.cfg, self.store, self.metrics = cfg, store, metrics
 
-    def _prepare_text(self, req: text_pb2.TextRequest, field: str) -> text_pb2.TextRequest:
-        check_text(req, self.cfg.text, field)
-        req = _copy(req)
+    def _prepare(self, spec: jobs_pb2.JobSpec, field: str) -> jobs_pb2.JobSpec:
+        """Validate a spec (field violations name `field`) and fix what every attempt must agree on:
+        the default model and the sampling seed. Runs in a thread: image checks decode pixels."""
+        kind = spec.WhichOneof("kind")
+        out = jobs_pb2.JobSpec()
+        out.CopyFrom(spec)
+        if kind == "text":
+            check_text(spec.text, self.cfg.text, field)
+            req, models = out.text, self.cfg.text.models
+            params = out.text.params
+        elif kind == "image":
+            check(image_request_violations(spec.image, self.cfg.images, field))
+            req, models, params = out.image, self.cfg.images.models, out.image.params
+        elif kind == "edit":
+            check(edit_request_violations(spec.edit, self.cfg.images, field))
+            req, models, params = out.edit, self.cfg.images.models, out.edit.params
+        else:
+            check(understanding_violations(spec.understand, self.cfg.understanding, self.cfg.images, field))
+            req, models, params = out.understand, self.cfg.understanding.models, None
         if not req.model:
-            req.model = self.cfg.text.models[0]
-        if not req.params.HasField("seed"):
-            # A fixed seed makes every attempt of this job produce the same tokens, so a job
+            req.model = models[0]
+        if params is not None and not params.HasField("seed"):
+            # A fixed seed makes every attempt of this job produce the same output, so a job
             # reclaimed from a dead dispatcher resumes where it stopped, without duplicates.
-            req.params.seed = int.from_bytes(os.urandom(4), "little")
-        return req
+            params.seed = int.from_bytes(os.urandom(4), "little")
+        return out
 
     async def submit(self, owner: str, spec: jobs_pb2.JobSpec, idempotency_key: str = "",
-                     deadline_s: float | None = None, field: str = "spec.text") -> tuple[str, bool]:
-        """Validate and enqueue; `field` names the request in field violations."""
+                     deadline_s: float | None = None, field: str = "") -> tuple[str, bool]:
+        """Validate and enqueue on the kind's queue; `field` names the request in field violations
+        (default `spec.<kind>`)."""
         kind = spec.WhichOneof("kind")
         if kind is None:
-            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "job spec is empty: set spec.text",
-                           violations=[("spec", "one of [text] must be set")])
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "job spec is empty: set one of its kinds",
+                           violations=[("spec", f"one of [{', '.join(SERVICE_OF)}] must be set")])
         if len(idempotency_key) > 128:
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "idempotency_key is too long",
                            violations=[("idempotency_key", "at most 128 characters")])
-        spec = jobs_pb2.JobSpec(text=self._prepare_text(spec.text, field))
+        field = field or f"spec.{kind}"
+        spec = (self._prepare(spec, field) if kind == "text"
+                else await asyncio.to_thread(self._prepare, spec, field))
+        service = SERVICE_OF[kind]
         deadline_ms = now_ms() + int(deadline_s * 1000) if deadline_s else 0
-        job_id, created = await guarded(lambda: self.store.submit(owner, kind, spec, idempotency_key, deadline_ms))
+        job_id, created = await guarded(lambda: self.store.submit(owner, service, spec, idempotency_key, deadline_ms))
         if created:
-            self.metrics.submitted.labels(kind).inc()
+            self.metrics.submitted.labels(service).inc()
         return job_id, created
 
     async def get(self, owner: str, job_id: str) -> jobs_pb2.Job:
@@ -117,12 +145,6 @@ class DataPlane:
             if rec is not None:
                 jobs.append(rec.job)
         return jobs, (str(offset + size) if len(ids) > size else "")
-
-
-def _copy(req: text_pb2.TextRequest) -> text_pb2.TextRequest:
-    out = text_pb2.TextRequest()
-    out.CopyFrom(req)
-    return out
 
 
 def _valid_stream_id(s: str) -> bool:

@@ -19,16 +19,33 @@ from grpc_reflection.v1alpha import reflection
 from services.common.aio import cancel_all
 from services.common.jobstore import JobStore
 from services.common.metrics import Metrics, poll_queues
-from services.dispatcher.dispatcher import Dispatcher
+from services.dispatcher.dispatcher import dispatch_all, worker_clients
 from services.dispatcher.worker_client import WorkerClient
 from services.gateway.auth import Authenticator, AuthInterceptor
+from services.gateway.config import SERVICES as QUEUES
 from services.gateway.config import GatewayConfig
 from services.gateway.dataplane import DataPlane
-from services.gateway.servicers import JobServicer, TextGenerationServicer
-from tessera.v1 import jobs_pb2, jobs_pb2_grpc, text_pb2, text_pb2_grpc
+from services.gateway.servicers import (
+    ImageGenerationServicer,
+    JobServicer,
+    TextGenerationServicer,
+    UnderstandingServicer,
+)
+from tessera.v1 import (
+    images_pb2,
+    images_pb2_grpc,
+    jobs_pb2,
+    jobs_pb2_grpc,
+    text_pb2,
+    text_pb2_grpc,
+    understanding_pb2,
+    understanding_pb2_grpc,
+)
 
 log = logging.getLogger("tessera.gateway")
-SERVICES = ("tessera.v1.TextGenerationService", "tessera.v1.JobService")
+SERVICES = tuple(mod.DESCRIPTOR.services_by_name[name].full_name for mod, name in (
+    (text_pb2, "TextGenerationService"), (images_pb2, "ImageGenerationService"),
+    (understanding_pb2, "UnderstandingService"), (jobs_pb2, "JobService")))
 
 
 @dataclass
@@ -39,7 +56,12 @@ class Gateway:
     port: int = 0
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     store: JobStore | None = None
-    worker: WorkerClient | None = None
+    workers: dict[str, WorkerClient] = field(default_factory=dict)
+
+    @property
+    def worker(self) -> WorkerClient:
+        """The text worker client (tests swap its channel to simulate a dead worker)."""
+        return self.workers["text"]
 
     async def start(self, auth: Authenticator | None = None) -> int:
         cfg = self.cfg
@@ -52,24 +74,25 @@ class Gateway:
             options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20),
                      ("grpc.so_reuseport", 0)])
         text_pb2_grpc.add_TextGenerationServiceServicer_to_server(TextGenerationServicer(plane, auth), self.server)
+        images_pb2_grpc.add_ImageGenerationServiceServicer_to_server(ImageGenerationServicer(plane, auth),
+                                                                     self.server)
+        understanding_pb2_grpc.add_UnderstandingServiceServicer_to_server(UnderstandingServicer(plane, auth),
+                                                                          self.server)
         jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(plane, auth), self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        names = (text_pb2.DESCRIPTOR.services_by_name["TextGenerationService"].full_name,
-                 jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name, health.SERVICE_NAME,
-                 reflection.SERVICE_NAME)
-        reflection.enable_server_reflection(names, self.server)
+        reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         self.port = self.server.add_insecure_port(f"{cfg.host}:{cfg.port}")
         await self.server.start()
         for svc in ("", *SERVICES):
             await self.health.set(svc, health_pb2.HealthCheckResponse.SERVING)
         if cfg.metrics_port:
             self.metrics.serve(cfg.metrics_port)
-        self.tasks.append(asyncio.create_task(poll_queues(self.store, self.metrics, ["text"])))
-        if cfg.dispatcher.enabled:
-            self.worker = WorkerClient(cfg.dispatcher.worker_address, cfg.dispatcher.worker_application)
-            d = Dispatcher(self.store, self.worker, cfg.dispatcher, self.metrics)
-            self.tasks.append(asyncio.create_task(d.run()))
+        self.tasks.append(asyncio.create_task(poll_queues(self.store, self.metrics, list(QUEUES))))
+        if cfg.dispatcher.enabled:  # one dispatcher per service queue, each with its own window
+            self.workers = worker_clients(cfg.dispatcher)
+            self.tasks.append(asyncio.create_task(dispatch_all(self.store, cfg.dispatcher, self.metrics,
+                                                               self.workers)))
         log.info("gateway listening on %s:%d (metrics :%d)", cfg.host, self.port, cfg.metrics_port)
         return self.port
 
@@ -78,8 +101,8 @@ class Gateway:
             await self.health.enter_graceful_shutdown()
             await self.server.stop(self.cfg.grace_s)
         await cancel_all(self.tasks)
-        if self.worker is not None:
-            await self.worker.close()
+        for w in self.workers.values():
+            await w.close()
         if self.store is not None:
             await self.store.r.aclose()
 

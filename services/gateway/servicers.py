@@ -14,7 +14,16 @@ from services.common.jobstore import TERMINAL
 from services.common.rpc_errors import RpcError, abort
 from services.gateway.auth import Authenticator
 from services.gateway.dataplane import DataPlane, error_from_status
-from tessera.v1 import jobs_pb2, jobs_pb2_grpc, text_pb2, text_pb2_grpc
+from tessera.v1 import (
+    images_pb2,
+    images_pb2_grpc,
+    jobs_pb2,
+    jobs_pb2_grpc,
+    text_pb2,
+    text_pb2_grpc,
+    understanding_pb2,
+    understanding_pb2_grpc,
+)
 
 
 def _deadline(ctx: grpc.aio.ServicerContext) -> float | None:
@@ -69,12 +78,13 @@ class _Base:
         return self.auth.owner(ctx.invocation_metadata())
 
 
-class TextGenerationServicer(_Base, text_pb2_grpc.TextGenerationServiceServicer):
-    async def _run(self, req: Any, ctx: grpc.aio.ServicerContext,
+class _JobRunner(_Base):
+    """Interactive RPCs: submit a job, then relay its events until its result (or error)."""
+
+    async def _run(self, spec: jobs_pb2.JobSpec, idempotency_key: str, ctx: grpc.aio.ServicerContext,
                    final_only: bool = False) -> AsyncIterator[tuple[str, jobs_pb2.JobEvent]]:
         owner = self.owner(ctx)
-        job_id, _ = await self.plane.submit(owner, jobs_pb2.JobSpec(text=req.request), req.idempotency_key,
-                                            _deadline(ctx), field="request")
+        job_id, _ = await self.plane.submit(owner, spec, idempotency_key, _deadline(ctx), field="request")
         ended = False
         try:
             async for ev in self.plane.watch(owner, job_id, check_owner=False, final_only=final_only):
@@ -99,9 +109,28 @@ class TextGenerationServicer(_Base, text_pb2_grpc.TextGenerationServiceServicer)
         except Exception:
             pass
 
+    async def _relay(self, spec: jobs_pb2.JobSpec, idempotency_key: str, ctx: grpc.aio.ServicerContext,
+                     response: Callable[..., Any], payloads: dict[str, str], result: str) -> AsyncIterator[Any]:
+        """Stream `response` messages: the job id first (before any payload, so the client can resume or
+        cancel), then each event kind in `payloads` (event kind -> response field), then the result's
+        `result` field as `result`."""
+        first = True
+        async for job_id, ev in self._run(spec, idempotency_key, ctx):
+            kind = ev.WhichOneof("kind")
+            if first:
+                first = False
+                yield response(job_id=job_id, event_id=ev.event_id)
+            if kind in payloads:
+                yield response(job_id=job_id, event_id=ev.event_id, **{payloads[kind]: getattr(ev, kind)})
+            elif kind == "result":
+                yield response(job_id=job_id, event_id=ev.event_id, result=getattr(ev.result, result))
+
+
+class TextGenerationServicer(_JobRunner, text_pb2_grpc.TextGenerationServiceServicer):
     @rpc
     async def Generate(self, req: text_pb2.GenerateRequest, ctx: grpc.aio.ServicerContext) -> Any:
-        async for job_id, ev in self._run(req, ctx, final_only=True):
+        async for job_id, ev in self._run(jobs_pb2.JobSpec(text=req.request), req.idempotency_key, ctx,
+                                          final_only=True):
             if ev.WhichOneof("kind") == "result":
                 return text_pb2.GenerateResponse(job_id=job_id, result=ev.result.text)
         raise RpcError(grpc.StatusCode.INTERNAL, "job ended without a result")
@@ -110,16 +139,37 @@ class TextGenerationServicer(_Base, text_pb2_grpc.TextGenerationServiceServicer)
     @streaming
     async def GenerateStream(self, req: text_pb2.GenerateStreamRequest,
                              ctx: grpc.aio.ServicerContext) -> AsyncIterator[text_pb2.GenerateStreamResponse]:
-        first = True
-        async for job_id, ev in self._run(req, ctx):
-            kind = ev.WhichOneof("kind")
-            if first:  # the job id goes out before any text, so the client can resume or cancel
-                first = False
-                yield text_pb2.GenerateStreamResponse(job_id=job_id, event_id=ev.event_id)
-            if kind == "text_chunk":
-                yield text_pb2.GenerateStreamResponse(job_id=job_id, event_id=ev.event_id, chunk=ev.text_chunk)
-            elif kind == "result":
-                yield text_pb2.GenerateStreamResponse(job_id=job_id, event_id=ev.event_id, result=ev.result.text)
+        async for msg in self._relay(jobs_pb2.JobSpec(text=req.request), req.idempotency_key, ctx,
+                                     text_pb2.GenerateStreamResponse, {"text_chunk": "chunk"}, "text"):
+            yield msg
+
+
+class ImageGenerationServicer(_JobRunner, images_pb2_grpc.ImageGenerationServiceServicer):
+    @rpc
+    @streaming
+    async def GenerateImage(self, req: images_pb2.GenerateImageRequest,
+                            ctx: grpc.aio.ServicerContext) -> AsyncIterator[images_pb2.GenerateImageResponse]:
+        async for msg in self._relay(jobs_pb2.JobSpec(image=req.request), req.idempotency_key, ctx,
+                                     images_pb2.GenerateImageResponse, {"image_progress": "progress"}, "image"):
+            yield msg
+
+    @rpc
+    @streaming
+    async def EditImage(self, req: images_pb2.EditImageRequest,
+                        ctx: grpc.aio.ServicerContext) -> AsyncIterator[images_pb2.EditImageResponse]:
+        async for msg in self._relay(jobs_pb2.JobSpec(edit=req.request), req.idempotency_key, ctx,
+                                     images_pb2.EditImageResponse, {"image_progress": "progress"}, "image"):
+            yield msg
+
+
+class UnderstandingServicer(_JobRunner, understanding_pb2_grpc.UnderstandingServiceServicer):
+    @rpc
+    @streaming
+    async def Understand(self, req: understanding_pb2.UnderstandRequest,
+                         ctx: grpc.aio.ServicerContext) -> AsyncIterator[understanding_pb2.UnderstandResponse]:
+        async for msg in self._relay(jobs_pb2.JobSpec(understand=req.request), req.idempotency_key, ctx,
+                                     understanding_pb2.UnderstandResponse, {"text_chunk": "chunk"}, "understand"):
+            yield msg
 
 
 class JobServicer(_Base, jobs_pb2_grpc.JobServiceServicer):

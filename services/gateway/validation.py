@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import math
 
+from services.common.images import ImageError, inspect_image
 from services.common.rpc_errors import invalid_argument
-from services.gateway.config import TextLimits
-from tessera.v1 import text_pb2
+from services.gateway.config import ImageLimits, TextLimits, UnderstandingLimits
+from tessera.v1 import images_pb2, text_pb2, understanding_pb2
+
+Violations = list[tuple[str, str]]
 
 
 def text_violations(req: text_pb2.TextRequest, limits: TextLimits, prefix: str = "request") -> list[tuple[str, str]]:
@@ -36,6 +39,79 @@ def text_violations(req: text_pb2.TextRequest, limits: TextLimits, prefix: str =
 
 def check_text(req: text_pb2.TextRequest, limits: TextLimits, prefix: str = "request") -> None:
     if violations := text_violations(req, limits, prefix):
+        raise invalid_argument(violations)
+
+
+def _model(model: str, models: list[str], field: str) -> Violations:
+    if model and model not in models:
+        return [(field, f"unknown model {model!r}; available: {', '.join(models)}")]
+    return []
+
+
+def _text(text: str, limit: int, field: str) -> Violations:
+    if not text.strip():
+        return [(field, "must not be empty")]
+    if len(text) > limit:
+        return [(field, f"is {len(text)} characters; the limit is {limit}")]
+    return []
+
+
+def image_bytes_violations(data: bytes, limits: ImageLimits, field: str) -> Violations:
+    """Size first (cheap), then format, dimensions and a full decode (services.common.images)."""
+    if len(data) > limits.max_image_bytes:
+        return [(field, f"is {len(data)} bytes; the limit is {limits.max_image_bytes}")]
+    try:
+        inspect_image(data, limits.min_side, limits.max_side)
+    except ImageError as e:
+        return [(field, str(e))]
+    return []
+
+
+def image_params_violations(p: images_pb2.ImageParams, limits: ImageLimits, prefix: str, edit: bool) -> Violations:
+    v: Violations = []
+    for name in ("width", "height"):
+        x = getattr(p, name)
+        if x and not limits.min_side <= x <= limits.max_side:
+            v.append((f"{prefix}.{name}", f"must be in [{limits.min_side}, {limits.max_side}] (0 = the model's "
+                                          f"resolution), got {x}"))
+    if not 0 <= p.steps <= limits.max_steps:
+        v.append((f"{prefix}.steps", f"must be in [0, {limits.max_steps}] (0 = model default), got {p.steps}"))
+    scales = ("guidance_scale", "image_guidance_scale") if edit else ("guidance_scale",)
+    for name in scales:
+        x = getattr(p, name)
+        if x and not (math.isfinite(x) and 1.0 <= x <= 20.0):
+            v.append((f"{prefix}.{name}", f"must be in [1, 20] (0 = model default), got {x}"))
+    return v
+
+
+def image_request_violations(req: images_pb2.ImageRequest, limits: ImageLimits,
+                             prefix: str = "request") -> Violations:
+    return [*_model(req.model, limits.models, f"{prefix}.model"),
+            *_text(req.prompt, limits.max_prompt_chars, f"{prefix}.prompt"),
+            *image_params_violations(req.params, limits, f"{prefix}.params", edit=False)]
+
+
+def edit_request_violations(req: images_pb2.ImageEditRequest, limits: ImageLimits,
+                            prefix: str = "request") -> Violations:
+    return [*_model(req.model, limits.models, f"{prefix}.model"),
+            *_text(req.instruction, limits.max_prompt_chars, f"{prefix}.instruction"),
+            *image_bytes_violations(req.image, limits, f"{prefix}.image"),
+            *image_params_violations(req.params, limits, f"{prefix}.params", edit=True)]
+
+
+def understanding_violations(req: understanding_pb2.UnderstandingRequest, limits: UnderstandingLimits,
+                             images: ImageLimits, prefix: str = "request") -> Violations:
+    v = [*_model(req.model, limits.models, f"{prefix}.model"),
+         *_text(req.question, limits.max_question_chars, f"{prefix}.question"),
+         *image_bytes_violations(req.image, images, f"{prefix}.image")]
+    if not 0 <= req.max_tokens <= limits.max_tokens:
+        v.append((f"{prefix}.max_tokens", f"must be in [0, {limits.max_tokens}] (0 = model default), "
+                                          f"got {req.max_tokens}"))
+    return v
+
+
+def check(violations: Violations) -> None:
+    if violations:
         raise invalid_argument(violations)
 
 

@@ -6,50 +6,34 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from pathlib import Path
+from typing import Any
 
 import pytest
 
 import tessera
 from models.test_engine import well_formed
 from models.worlds import arith
-from services.common.redis_server import RedisServer, free_port
+from services.common.redis_server import RedisServer
 from services.gateway.config import GatewayConfig
-from services.gateway.server import Gateway
-from tests.integration.harness import KEY, auth
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.integration.harness import KEY, running_gateway
 
 
 @pytest.fixture(scope="module")
-def gateway_address(redis_server: RedisServer) -> Iterator[str]:
-    ray = pytest.importorskip("ray")
+def gateway_address(redis_server: RedisServer, serve_cluster: Any) -> Iterator[str]:
     from ray import serve
 
-    from services.workers.text.server import start_text_worker
+    from services.workers.text.server import APP_NAME, start_text_worker
 
-    worker_port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    start_text_worker(None, serve_cluster.grpc_port, serve_cluster.http_port)
     try:
-        start_text_worker(None, worker_port, free_port())
         cfg = GatewayConfig(port=0, metrics_port=0, redis_url=redis_server.url, key_prefix="e2e:")
-        cfg.dispatcher.worker_address = f"127.0.0.1:{worker_port}"
-        loop = asyncio.new_event_loop()
-        gw = Gateway(cfg)
-        port = loop.run_until_complete(gw.start(auth()))
-        thread = threading.Thread(target=loop.run_forever, daemon=True)
-        thread.start()
-        try:
-            yield f"127.0.0.1:{port}"
-        finally:
-            asyncio.run_coroutine_threadsafe(gw.stop(), loop).result(30)
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(10)
+        cfg.dispatcher.worker_address = f"127.0.0.1:{serve_cluster.grpc_port}"
+        cfg.dispatcher.services = ["text"]
+        with running_gateway(cfg) as address:
+            yield address
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        serve.delete(APP_NAME)
 
 
 def test_stream_text_through_the_whole_stack(gateway_address: str) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
 import grpc
@@ -68,3 +69,20 @@ async def wait_for(pred, timeout: float = 10.0, every: float = 0.02) -> None:
         if asyncio.get_running_loop().time() > deadline:
             raise TimeoutError("condition not met in time")
         await asyncio.sleep(every)
+
+
+@contextmanager
+def running_gateway(cfg: GatewayConfig) -> Iterator[str]:
+    """A gateway (with its dispatchers) on its own event loop thread, for synchronous tests; yields its
+    address. The test keys of `auth()` are accepted."""
+    loop = asyncio.new_event_loop()
+    gw = Gateway(cfg)
+    port = loop.run_until_complete(gw.start(auth()))
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        asyncio.run_coroutine_threadsafe(gw.stop(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)

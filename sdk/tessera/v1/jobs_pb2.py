@@ -24,46 +24,48 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
+from tessera.v1 import images_pb2 as tessera_dot_v1_dot_images__pb2
 from tessera.v1 import text_pb2 as tessera_dot_v1_dot_text__pb2
+from tessera.v1 import understanding_pb2 as tessera_dot_v1_dot_understanding__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15tessera/v1/jobs.proto\x12\ntessera.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x15tessera/v1/text.proto\":\n\x07JobSpec\x12\'\n\x04text\x18\x01 \x01(\x0b\x32\x17.tessera.v1.TextRequestH\x00\x42\x06\n\x04kind\";\n\tJobResult\x12&\n\x04text\x18\x01 \x01(\x0b\x32\x16.tessera.v1.TextResultH\x00\x42\x06\n\x04kind\"\xc2\x02\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.tessera.v1.JobState\x12!\n\x04spec\x18\x03 \x01(\x0b\x32\x13.tessera.v1.JobSpec\x12%\n\x06result\x18\x04 \x01(\x0b\x32\x15.tessera.v1.JobResult\x12!\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x12.google.rpc.Status\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x61ttempts\x18\x08 \x01(\x05\x12\x17\n\x0fidempotency_key\x18\t \x01(\t\x12\x10\n\x08progress\x18\n \x01(\x02\"\xda\x01\n\x08JobEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x14.tessera.v1.JobStateH\x00\x12+\n\ntext_chunk\x18\x03 \x01(\x0b\x32\x15.tessera.v1.TextChunkH\x00\x12\x12\n\x08progress\x18\x04 \x01(\x02H\x00\x12\'\n\x06result\x18\x05 \x01(\x0b\x32\x15.tessera.v1.JobResultH\x00\x12#\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x06\n\x04kind\"N\n\x10SubmitJobRequest\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.tessera.v1.JobSpec\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"B\n\x11SubmitJobResponse\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.tessera.v1.Job\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\".\n\x0eGetJobResponse\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.tessera.v1.Job\"9\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_event_id\x18\x02 \x01(\t\"G\n\x10WatchJobResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12#\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x14.tessera.v1.JobEvent\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"1\n\x11\x43\x61ncelJobResponse\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.tessera.v1.Job\"8\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"J\n\x10ListJobsResponse\x12\x1d\n\x04jobs\x18\x01 \x03(\x0b\x32\x0f.tessera.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x32\xf1\x02\n\nJobService\x12H\n\tSubmitJob\x12\x1c.tessera.v1.SubmitJobRequest\x1a\x1d.tessera.v1.SubmitJobResponse\x12?\n\x06GetJob\x12\x19.tessera.v1.GetJobRequest\x1a\x1a.tessera.v1.GetJobResponse\x12G\n\x08WatchJob\x12\x1b.tessera.v1.WatchJobRequest\x1a\x1c.tessera.v1.WatchJobResponse0\x01\x12H\n\tCancelJob\x12\x1c.tessera.v1.CancelJobRequest\x1a\x1d.tessera.v1.CancelJobResponse\x12\x45\n\x08ListJobs\x12\x1b.tessera.v1.ListJobsRequest\x1a\x1c.tessera.v1.ListJobsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15tessera/v1/jobs.proto\x12\ntessera.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x17tessera/v1/images.proto\x1a\x15tessera/v1/text.proto\x1a\x1etessera/v1/understanding.proto\"\xcb\x01\n\x07JobSpec\x12\'\n\x04text\x18\x01 \x01(\x0b\x32\x17.tessera.v1.TextRequestH\x00\x12)\n\x05image\x18\x02 \x01(\x0b\x32\x18.tessera.v1.ImageRequestH\x00\x12,\n\x04\x65\x64it\x18\x03 \x01(\x0b\x32\x1c.tessera.v1.ImageEditRequestH\x00\x12\x36\n\nunderstand\x18\x04 \x01(\x0b\x32 .tessera.v1.UnderstandingRequestH\x00\x42\x06\n\x04kind\"\x9c\x01\n\tJobResult\x12&\n\x04text\x18\x01 \x01(\x0b\x32\x16.tessera.v1.TextResultH\x00\x12(\n\x05image\x18\x02 \x01(\x0b\x32\x17.tessera.v1.ImageResultH\x00\x12\x35\n\nunderstand\x18\x03 \x01(\x0b\x32\x1f.tessera.v1.UnderstandingResultH\x00\x42\x06\n\x04kind\"\xc2\x02\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.tessera.v1.JobState\x12!\n\x04spec\x18\x03 \x01(\x0b\x32\x13.tessera.v1.JobSpec\x12%\n\x06result\x18\x04 \x01(\x0b\x32\x15.tessera.v1.JobResult\x12!\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x12.google.rpc.Status\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x61ttempts\x18\x08 \x01(\x05\x12\x17\n\x0fidempotency_key\x18\t \x01(\t\x12\x10\n\x08progress\x18\n \x01(\x02\"\x8f\x02\n\x08JobEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x14.tessera.v1.JobStateH\x00\x12+\n\ntext_chunk\x18\x03 \x01(\x0b\x32\x15.tessera.v1.TextChunkH\x00\x12\x12\n\x08progress\x18\x04 \x01(\x02H\x00\x12\'\n\x06result\x18\x05 \x01(\x0b\x32\x15.tessera.v1.JobResultH\x00\x12#\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x12\x33\n\x0eimage_progress\x18\x07 \x01(\x0b\x32\x19.tessera.v1.ImageProgressH\x00\x42\x06\n\x04kind\"N\n\x10SubmitJobRequest\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.tessera.v1.JobSpec\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"B\n\x11SubmitJobResponse\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.tessera.v1.Job\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\".\n\x0eGetJobResponse\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.tessera.v1.Job\"9\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_event_id\x18\x02 \x01(\t\"G\n\x10WatchJobResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12#\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x14.tessera.v1.JobEvent\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"1\n\x11\x43\x61ncelJobResponse\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.tessera.v1.Job\"8\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"J\n\x10ListJobsResponse\x12\x1d\n\x04jobs\x18\x01 \x03(\x0b\x32\x0f.tessera.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x32\xf1\x02\n\nJobService\x12H\n\tSubmitJob\x12\x1c.tessera.v1.SubmitJobRequest\x1a\x1d.tessera.v1.SubmitJobResponse\x12?\n\x06GetJob\x12\x19.tessera.v1.GetJobRequest\x1a\x1a.tessera.v1.GetJobResponse\x12G\n\x08WatchJob\x12\x1b.tessera.v1.WatchJobRequest\x1a\x1c.tessera.v1.WatchJobResponse0\x01\x12H\n\tCancelJob\x12\x1c.tessera.v1.CancelJobRequest\x1a\x1d.tessera.v1.CancelJobResponse\x12\x45\n\x08ListJobs\x12\x1b.tessera.v1.ListJobsRequest\x1a\x1c.tessera.v1.ListJobsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tessera.v1.jobs_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOBSTATE']._serialized_start=1368
-  _globals['_JOBSTATE']._serialized_end=1522
-  _globals['_JOBSPEC']._serialized_start=118
-  _globals['_JOBSPEC']._serialized_end=176
-  _globals['_JOBRESULT']._serialized_start=178
-  _globals['_JOBRESULT']._serialized_end=237
-  _globals['_JOB']._serialized_start=240
-  _globals['_JOB']._serialized_end=562
-  _globals['_JOBEVENT']._serialized_start=565
-  _globals['_JOBEVENT']._serialized_end=783
-  _globals['_SUBMITJOBREQUEST']._serialized_start=785
-  _globals['_SUBMITJOBREQUEST']._serialized_end=863
-  _globals['_SUBMITJOBRESPONSE']._serialized_start=865
-  _globals['_SUBMITJOBRESPONSE']._serialized_end=931
-  _globals['_GETJOBREQUEST']._serialized_start=933
-  _globals['_GETJOBREQUEST']._serialized_end=964
-  _globals['_GETJOBRESPONSE']._serialized_start=966
-  _globals['_GETJOBRESPONSE']._serialized_end=1012
-  _globals['_WATCHJOBREQUEST']._serialized_start=1014
-  _globals['_WATCHJOBREQUEST']._serialized_end=1071
-  _globals['_WATCHJOBRESPONSE']._serialized_start=1073
-  _globals['_WATCHJOBRESPONSE']._serialized_end=1144
-  _globals['_CANCELJOBREQUEST']._serialized_start=1146
-  _globals['_CANCELJOBREQUEST']._serialized_end=1180
-  _globals['_CANCELJOBRESPONSE']._serialized_start=1182
-  _globals['_CANCELJOBRESPONSE']._serialized_end=1231
-  _globals['_LISTJOBSREQUEST']._serialized_start=1233
-  _globals['_LISTJOBSREQUEST']._serialized_end=1289
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1291
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1365
-  _globals['_JOBSERVICE']._serialized_start=1525
-  _globals['_JOBSERVICE']._serialized_end=1894
+  _globals['_JOBSTATE']._serialized_start=1722
+  _globals['_JOBSTATE']._serialized_end=1876
+  _globals['_JOBSPEC']._serialized_start=176
+  _globals['_JOBSPEC']._serialized_end=379
+  _globals['_JOBRESULT']._serialized_start=382
+  _globals['_JOBRESULT']._serialized_end=538
+  _globals['_JOB']._serialized_start=541
+  _globals['_JOB']._serialized_end=863
+  _globals['_JOBEVENT']._serialized_start=866
+  _globals['_JOBEVENT']._serialized_end=1137
+  _globals['_SUBMITJOBREQUEST']._serialized_start=1139
+  _globals['_SUBMITJOBREQUEST']._serialized_end=1217
+  _globals['_SUBMITJOBRESPONSE']._serialized_start=1219
+  _globals['_SUBMITJOBRESPONSE']._serialized_end=1285
+  _globals['_GETJOBREQUEST']._serialized_start=1287
+  _globals['_GETJOBREQUEST']._serialized_end=1318
+  _globals['_GETJOBRESPONSE']._serialized_start=1320
+  _globals['_GETJOBRESPONSE']._serialized_end=1366
+  _globals['_WATCHJOBREQUEST']._serialized_start=1368
+  _globals['_WATCHJOBREQUEST']._serialized_end=1425
+  _globals['_WATCHJOBRESPONSE']._serialized_start=1427
+  _globals['_WATCHJOBRESPONSE']._serialized_end=1498
+  _globals['_CANCELJOBREQUEST']._serialized_start=1500
+  _globals['_CANCELJOBREQUEST']._serialized_end=1534
+  _globals['_CANCELJOBRESPONSE']._serialized_start=1536
+  _globals['_CANCELJOBRESPONSE']._serialized_end=1585
+  _globals['_LISTJOBSREQUEST']._serialized_start=1587
+  _globals['_LISTJOBSREQUEST']._serialized_end=1643
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1645
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1719
+  _globals['_JOBSERVICE']._serialized_start=1879
+  _globals['_JOBSERVICE']._serialized_end=2248
 # @@protoc_insertion_point(module_scope)

@@ -2,7 +2,9 @@ import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.rpc import status_pb2 as _status_pb2
+from tessera.v1 import images_pb2 as _images_pb2
 from tessera.v1 import text_pb2 as _text_pb2
+from tessera.v1 import understanding_pb2 as _understanding_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -28,16 +30,26 @@ JOB_STATE_FAILED: JobState
 JOB_STATE_CANCELLED: JobState
 
 class JobSpec(_message.Message):
-    __slots__ = ("text",)
+    __slots__ = ("text", "image", "edit", "understand")
     TEXT_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    EDIT_FIELD_NUMBER: _ClassVar[int]
+    UNDERSTAND_FIELD_NUMBER: _ClassVar[int]
     text: _text_pb2.TextRequest
-    def __init__(self, text: _Optional[_Union[_text_pb2.TextRequest, _Mapping]] = ...) -> None: ...
+    image: _images_pb2.ImageRequest
+    edit: _images_pb2.ImageEditRequest
+    understand: _understanding_pb2.UnderstandingRequest
+    def __init__(self, text: _Optional[_Union[_text_pb2.TextRequest, _Mapping]] = ..., image: _Optional[_Union[_images_pb2.ImageRequest, _Mapping]] = ..., edit: _Optional[_Union[_images_pb2.ImageEditRequest, _Mapping]] = ..., understand: _Optional[_Union[_understanding_pb2.UnderstandingRequest, _Mapping]] = ...) -> None: ...
 
 class JobResult(_message.Message):
-    __slots__ = ("text",)
+    __slots__ = ("text", "image", "understand")
     TEXT_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    UNDERSTAND_FIELD_NUMBER: _ClassVar[int]
     text: _text_pb2.TextResult
-    def __init__(self, text: _Optional[_Union[_text_pb2.TextResult, _Mapping]] = ...) -> None: ...
+    image: _images_pb2.ImageResult
+    understand: _understanding_pb2.UnderstandingResult
+    def __init__(self, text: _Optional[_Union[_text_pb2.TextResult, _Mapping]] = ..., image: _Optional[_Union[_images_pb2.ImageResult, _Mapping]] = ..., understand: _Optional[_Union[_understanding_pb2.UnderstandingResult, _Mapping]] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("id", "state", "spec", "result", "error", "create_time", "update_time", "attempts", "idempotency_key", "progress")
@@ -64,20 +76,22 @@ class Job(_message.Message):
     def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., result: _Optional[_Union[JobResult, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attempts: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., progress: _Optional[float] = ...) -> None: ...
 
 class JobEvent(_message.Message):
-    __slots__ = ("event_id", "state", "text_chunk", "progress", "result", "error")
+    __slots__ = ("event_id", "state", "text_chunk", "progress", "result", "error", "image_progress")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     TEXT_CHUNK_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_PROGRESS_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     state: JobState
     text_chunk: _text_pb2.TextChunk
     progress: float
     result: JobResult
     error: _status_pb2.Status
-    def __init__(self, event_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., text_chunk: _Optional[_Union[_text_pb2.TextChunk, _Mapping]] = ..., progress: _Optional[float] = ..., result: _Optional[_Union[JobResult, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
+    image_progress: _images_pb2.ImageProgress
+    def __init__(self, event_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., text_chunk: _Optional[_Union[_text_pb2.TextChunk, _Mapping]] = ..., progress: _Optional[float] = ..., result: _Optional[_Union[JobResult, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., image_progress: _Optional[_Union[_images_pb2.ImageProgress, _Mapping]] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
     __slots__ = ("spec", "idempotency_key")

@@ -5,16 +5,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import Any, ClassVar
 
 from models.decoders import METHODS, D2FConfig
-from services.common.serve_options import DeploymentOptions, from_dict
+from services.common.serve_options import DeploymentOptions
+from services.workers.base import REPO_ROOT, WorkerConfig, check_gpu, check_runtime, repo_path
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+__all__ = ["DEFAULT_CONFIG_PATH", "REPO_ROOT", "DecoderDefaults", "TextModelConfig", "TextWorkerConfig",
+           "load_config"]
+
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("config.yaml")
-DTYPES = ("float32", "bfloat16", "float16")
 D2F_KNOBS = ("tau_add", "tau_act", "tau_conf")
 
 
@@ -73,53 +73,27 @@ class TextModelConfig:
         if not 1 <= self.default_max_tokens <= self.max_tokens_limit:
             raise ValueError(f"model.default_max_tokens must be in [1, max_tokens_limit={self.max_tokens_limit}], "
                              f"got {self.default_max_tokens}")
-        if self.torch_threads < 0:
-            raise ValueError(f"model.torch_threads must be >= 0, got {self.torch_threads}")
-        if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
-            raise ValueError(f"model.device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"model.dtype must be one of {DTYPES}, got {self.dtype!r}")
+        check_runtime(self.device, self.dtype, self.torch_threads)
         self.decoder.options_for(self.method)
 
     @property
     def path(self) -> Path:
-        # Resolved where it is used (the replica), so a config built elsewhere still travels.
-        p = Path(self.model_dir).expanduser()
-        return p if p.is_absolute() else REPO_ROOT / p
+        return repo_path(self.model_dir)
 
 
 @dataclass(slots=True)
-class TextWorkerConfig:
+class TextWorkerConfig(WorkerConfig):
+    LABEL: ClassVar[str] = "text worker config"
+    DEPLOYMENT_NAME: ClassVar[str] = "TextWorker"
+    DEFAULT_PATH: ClassVar[Path] = DEFAULT_CONFIG_PATH
+
     model: TextModelConfig = field(default_factory=TextModelConfig)
     deployment: DeploymentOptions = field(default_factory=lambda: DeploymentOptions(name="TextWorker"))
 
     def __post_init__(self) -> None:
-        if self.model.device.startswith("cuda") and self.deployment.ray_actor_options.num_gpus <= 0:
-            raise ValueError("model.device is cuda but deployment.ray_actor_options.num_gpus is 0: "
-                             "Ray would hide every GPU from the replica")
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TextWorkerConfig:
-        data = dict(data)
-        if isinstance(data.get("deployment"), Mapping):
-            data["deployment"] = {"name": "TextWorker", **data["deployment"]}
-        return from_dict(cls, data, "text worker config")
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> TextWorkerConfig:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        try:
-            return cls.from_dict(data)
-        except ValueError as e:
-            raise ValueError(f"{path}: {e}") from e
+        check_gpu(self.model.device, self.deployment)
 
 
 def load_config(source: TextWorkerConfig | Mapping[str, Any] | str | Path | None = None) -> TextWorkerConfig:
     """A config from an object, a parsed mapping or a YAML path (None = the shipped config.yaml)."""
-    if source is None:
-        return TextWorkerConfig.from_yaml(DEFAULT_CONFIG_PATH)
-    if isinstance(source, TextWorkerConfig):
-        return source
-    if isinstance(source, Mapping):
-        return TextWorkerConfig.from_dict(source)
-    return TextWorkerConfig.from_yaml(source)
+    return TextWorkerConfig.load(source)

@@ -8,7 +8,6 @@ request stops before its next forward pass even mid-way through a decoder step.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import threading
 import time
 from collections import OrderedDict
@@ -23,6 +22,7 @@ from models.decoders import DecodeEvent, Decoder, make_decoder
 from models.engine import TextEngine
 from models.sampling import SamplingParams
 from models.tokenizer import StreamDetokenizer
+from services.workers.base import job_seed
 from services.workers.protocol import InvalidRequestError
 from services.workers.text.config import D2F_KNOBS, TextModelConfig
 from tessera.worker.v1.worker_pb2 import (
@@ -83,11 +83,6 @@ def _step(it: Iterator[DecodeEvent], job: JobStats) -> DecodeEvent | None:
         return next(it, None)
     finally:
         _current.job, job.decoding = None, False
-
-
-def job_seed(job_id: str) -> int:
-    """A seed fixed by the job id, so a sampled job retried with skip_tokens replays the same stream."""
-    return int.from_bytes(hashlib.blake2b(job_id.encode(), digest_size=8).digest(), "big") >> 1
 
 
 class LocalTextEngine:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,7 +11,6 @@ from typing import Any
 
 import grpc
 import pytest
-import ray
 import torch
 from ray import serve
 
@@ -30,12 +28,6 @@ PROMPT = "What is 2+3?"
 SLOW = {"max_tokens": 900, "tau_conf": 1.0, "tau_act": 1.0}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class Worker:
     stub: worker_pb2_grpc.TextWorkerServiceStub
@@ -51,25 +43,22 @@ class Worker:
 
 
 @pytest.fixture(scope="module")
-def worker(tiny_model_dir: Path) -> Iterator[Worker]:
+def worker(tiny_model_dir: Path, serve_cluster: Any) -> Iterator[Worker]:
     torch.set_num_threads(1)  # as in the replica, so both decode bit-identically
     cfg = TextWorkerConfig.from_dict({
         "model": {"name": "tiny", "model_dir": str(tiny_model_dir), "max_tokens_limit": 1000},
         "deployment": {"max_ongoing_requests": 4, "health_check_period_s": 2,
                        "ray_actor_options": {"num_cpus": 1}},
     })
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
+    start_text_worker(cfg, grpc_port=serve_cluster.grpc_port, http_port=serve_cluster.http_port)
+    channel = grpc.insecure_channel(f"127.0.0.1:{serve_cluster.grpc_port}")
     try:
-        port = free_port()
-        start_text_worker(cfg, grpc_port=port, http_port=free_port())
-        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         handle = serve.get_deployment_handle(cfg.deployment.name, app_name=APP_NAME)
         yield Worker(worker_pb2_grpc.TextWorkerServiceStub(channel), handle,
                      TextEngine(tiny_model_dir, "d2f", cfg.model.decoder.options_for("d2f")))
-        channel.close()
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        channel.close()
+        serve.delete(APP_NAME)
 
 
 def test_stream_matches_the_engine_and_describe_lists_the_model(worker: Worker) -> None:

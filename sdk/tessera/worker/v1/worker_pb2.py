@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etessera/worker/v1/worker.proto\x12\x11tessera.worker.v1\"\xa9\x02\n\x13GenerateTextRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x12\n\nmax_tokens\x18\x04 \x01(\x05\x12\x13\n\x0btemperature\x18\x05 \x01(\x02\x12\r\n\x05top_p\x18\x06 \x01(\x02\x12\x11\n\x04seed\x18\x07 \x01(\x03H\x00\x88\x01\x01\x12\x12\n\nblock_size\x18\x08 \x01(\x05\x12\x14\n\x07tau_add\x18\t \x01(\x02H\x01\x88\x01\x01\x12\x14\n\x07tau_act\x18\n \x01(\x02H\x02\x88\x01\x01\x12\x15\n\x08tau_conf\x18\x0b \x01(\x02H\x03\x88\x01\x01\x12\x13\n\x0bskip_tokens\x18\x0c \x01(\x05\x42\x07\n\x05_seedB\n\n\x08_tau_addB\n\n\x08_tau_actB\x0b\n\t_tau_conf\"\xa0\x01\n\x14GenerateTextResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x13\n\x0btoken_count\x18\x02 \x01(\x05\x12\x16\n\x0e\x66orward_passes\x18\x03 \x01(\x05\x12\x10\n\x08\x66inished\x18\x04 \x01(\x08\x12\x15\n\rfinish_reason\x18\x05 \x01(\t\x12\x15\n\rprompt_tokens\x18\x06 \x01(\x05\x12\r\n\x05model\x18\x07 \x01(\t\"\x15\n\x13\x44\x65scribeTextRequest\"`\n\rTextModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x15\n\rmax_positions\x18\x03 \x01(\x05\x12\x1a\n\x12\x64\x65\x66\x61ult_max_tokens\x18\x04 \x01(\x05\"H\n\x14\x44\x65scribeTextResponse\x12\x30\n\x06models\x18\x01 \x03(\x0b\x32 .tessera.worker.v1.TextModelInfo2\xd7\x01\n\x11TextWorkerService\x12\x61\n\x0cGenerateText\x12&.tessera.worker.v1.GenerateTextRequest\x1a\'.tessera.worker.v1.GenerateTextResponse0\x01\x12_\n\x0c\x44\x65scribeText\x12&.tessera.worker.v1.DescribeTextRequest\x1a\'.tessera.worker.v1.DescribeTextResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etessera/worker/v1/worker.proto\x12\x11tessera.worker.v1\"\xa9\x02\n\x13GenerateTextRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x12\n\nmax_tokens\x18\x04 \x01(\x05\x12\x13\n\x0btemperature\x18\x05 \x01(\x02\x12\r\n\x05top_p\x18\x06 \x01(\x02\x12\x11\n\x04seed\x18\x07 \x01(\x03H\x00\x88\x01\x01\x12\x12\n\nblock_size\x18\x08 \x01(\x05\x12\x14\n\x07tau_add\x18\t \x01(\x02H\x01\x88\x01\x01\x12\x14\n\x07tau_act\x18\n \x01(\x02H\x02\x88\x01\x01\x12\x15\n\x08tau_conf\x18\x0b \x01(\x02H\x03\x88\x01\x01\x12\x13\n\x0bskip_tokens\x18\x0c \x01(\x05\x42\x07\n\x05_seedB\n\n\x08_tau_addB\n\n\x08_tau_actB\x0b\n\t_tau_conf\"\xa0\x01\n\x14GenerateTextResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x13\n\x0btoken_count\x18\x02 \x01(\x05\x12\x16\n\x0e\x66orward_passes\x18\x03 \x01(\x05\x12\x10\n\x08\x66inished\x18\x04 \x01(\x08\x12\x15\n\rfinish_reason\x18\x05 \x01(\t\x12\x15\n\rprompt_tokens\x18\x06 \x01(\x05\x12\r\n\x05model\x18\x07 \x01(\t\"\x15\n\x13\x44\x65scribeTextRequest\"`\n\rTextModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x15\n\rmax_positions\x18\x03 \x01(\x05\x12\x1a\n\x12\x64\x65\x66\x61ult_max_tokens\x18\x04 \x01(\x05\"H\n\x14\x44\x65scribeTextResponse\x12\x30\n\x06models\x18\x01 \x03(\x0b\x32 .tessera.worker.v1.TextModelInfo\"\xa0\x01\n\rImageSampling\x12\r\n\x05width\x18\x01 \x01(\x05\x12\x0e\n\x06height\x18\x02 \x01(\x05\x12\r\n\x05steps\x18\x03 \x01(\x05\x12\x16\n\x0eguidance_scale\x18\x04 \x01(\x02\x12\x1c\n\x14image_guidance_scale\x18\x05 \x01(\x02\x12\x11\n\x04seed\x18\x06 \x01(\x03H\x00\x88\x01\x01\x12\x0f\n\x07preview\x18\x07 \x01(\x08\x42\x07\n\x05_seed\"M\n\tImageStep\x12\x14\n\x0cpatches_done\x18\x01 \x01(\x05\x12\x15\n\rpatches_total\x18\x02 \x01(\x05\x12\x13\n\x0bpreview_png\x18\x03 \x01(\x0c\"\x8d\x01\n\x0bImageOutput\x12\x0b\n\x03png\x18\x01 \x01(\x0c\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12\r\n\x05model\x18\x04 \x01(\t\x12\x12\n\nbatch_size\x18\x05 \x01(\x05\x12\x12\n\ngenerate_s\x18\x06 \x01(\x01\x12\r\n\x05steps\x18\x07 \x01(\x05\x12\x0c\n\x04seed\x18\x08 \x01(\x03\"y\n\x14GenerateImageRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x32\n\x08sampling\x18\x04 \x01(\x0b\x32 .tessera.worker.v1.ImageSampling\"\x80\x01\n\x15GenerateImageResponse\x12,\n\x04step\x18\x01 \x01(\x0b\x32\x1c.tessera.worker.v1.ImageStepH\x00\x12\x30\n\x06output\x18\x02 \x01(\x0b\x32\x1e.tessera.worker.v1.ImageOutputH\x00\x42\x07\n\x05\x65vent\"\x89\x01\n\x10\x45\x64itImageRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\r\n\x05image\x18\x03 \x01(\x0c\x12\x13\n\x0binstruction\x18\x04 \x01(\t\x12\x32\n\x08sampling\x18\x05 \x01(\x0b\x32 .tessera.worker.v1.ImageSampling\"|\n\x11\x45\x64itImageResponse\x12,\n\x04step\x18\x01 \x01(\x0b\x32\x1c.tessera.worker.v1.ImageStepH\x00\x12\x30\n\x06output\x18\x02 \x01(\x0b\x32\x1e.tessera.worker.v1.ImageOutputH\x00\x42\x07\n\x05\x65vent\"|\n\x11UnderstandRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\r\n\x05image\x18\x03 \x01(\x0c\x12\x10\n\x08question\x18\x04 \x01(\t\x12\x12\n\nmax_tokens\x18\x05 \x01(\x05\x12\x13\n\x0bskip_tokens\x18\x06 \x01(\x05\"\x9e\x01\n\x12UnderstandResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x13\n\x0btoken_count\x18\x02 \x01(\x05\x12\x16\n\x0e\x66orward_passes\x18\x03 \x01(\x05\x12\x10\n\x08\x66inished\x18\x04 \x01(\x08\x12\x15\n\rfinish_reason\x18\x05 \x01(\t\x12\x15\n\rprompt_tokens\x18\x06 \x01(\x05\x12\r\n\x05model\x18\x07 \x01(\t2\xd7\x01\n\x11TextWorkerService\x12\x61\n\x0cGenerateText\x12&.tessera.worker.v1.GenerateTextRequest\x1a\'.tessera.worker.v1.GenerateTextResponse0\x01\x12_\n\x0c\x44\x65scribeText\x12&.tessera.worker.v1.DescribeTextRequest\x1a\'.tessera.worker.v1.DescribeTextResponse2\xd4\x01\n\x12ImageWorkerService\x12\x64\n\rGenerateImage\x12\'.tessera.worker.v1.GenerateImageRequest\x1a(.tessera.worker.v1.GenerateImageResponse0\x01\x12X\n\tEditImage\x12#.tessera.worker.v1.EditImageRequest\x1a$.tessera.worker.v1.EditImageResponse0\x01\x32y\n\x1aUnderstandingWorkerService\x12[\n\nUnderstand\x12$.tessera.worker.v1.UnderstandRequest\x1a%.tessera.worker.v1.UnderstandResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,6 +41,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TEXTMODELINFO']._serialized_end=635
   _globals['_DESCRIBETEXTRESPONSE']._serialized_start=637
   _globals['_DESCRIBETEXTRESPONSE']._serialized_end=709
-  _globals['_TEXTWORKERSERVICE']._serialized_start=712
-  _globals['_TEXTWORKERSERVICE']._serialized_end=927
+  _globals['_IMAGESAMPLING']._serialized_start=712
+  _globals['_IMAGESAMPLING']._serialized_end=872
+  _globals['_IMAGESTEP']._serialized_start=874
+  _globals['_IMAGESTEP']._serialized_end=951
+  _globals['_IMAGEOUTPUT']._serialized_start=954
+  _globals['_IMAGEOUTPUT']._serialized_end=1095
+  _globals['_GENERATEIMAGEREQUEST']._serialized_start=1097
+  _globals['_GENERATEIMAGEREQUEST']._serialized_end=1218
+  _globals['_GENERATEIMAGERESPONSE']._serialized_start=1221
+  _globals['_GENERATEIMAGERESPONSE']._serialized_end=1349
+  _globals['_EDITIMAGEREQUEST']._serialized_start=1352
+  _globals['_EDITIMAGEREQUEST']._serialized_end=1489
+  _globals['_EDITIMAGERESPONSE']._serialized_start=1491
+  _globals['_EDITIMAGERESPONSE']._serialized_end=1615
+  _globals['_UNDERSTANDREQUEST']._serialized_start=1617
+  _globals['_UNDERSTANDREQUEST']._serialized_end=1741
+  _globals['_UNDERSTANDRESPONSE']._serialized_start=1744
+  _globals['_UNDERSTANDRESPONSE']._serialized_end=1902
+  _globals['_TEXTWORKERSERVICE']._serialized_start=1905
+  _globals['_TEXTWORKERSERVICE']._serialized_end=2120
+  _globals['_IMAGEWORKERSERVICE']._serialized_start=2123
+  _globals['_IMAGEWORKERSERVICE']._serialized_end=2335
+  _globals['_UNDERSTANDINGWORKERSERVICE']._serialized_start=2337
+  _globals['_UNDERSTANDINGWORKERSERVICE']._serialized_end=2458
 # @@protoc_insertion_point(module_scope)

@@ -146,3 +146,208 @@ class TextWorkerService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class ImageWorkerServiceStub:
+    """An image worker: one Ray Serve deployment wrapping an image model (Orthus or NextStep) with a
+    micro-batcher, so concurrent requests share one batched model call. Both RPCs stream progress
+    (one ImageStep per patch) and end with one ImageOutput.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.GenerateImage = channel.unary_stream(
+                '/tessera.worker.v1.ImageWorkerService/GenerateImage',
+                request_serializer=tessera_dot_worker_dot_v1_dot_worker__pb2.GenerateImageRequest.SerializeToString,
+                response_deserializer=tessera_dot_worker_dot_v1_dot_worker__pb2.GenerateImageResponse.FromString,
+                _registered_method=True)
+        self.EditImage = channel.unary_stream(
+                '/tessera.worker.v1.ImageWorkerService/EditImage',
+                request_serializer=tessera_dot_worker_dot_v1_dot_worker__pb2.EditImageRequest.SerializeToString,
+                response_deserializer=tessera_dot_worker_dot_v1_dot_worker__pb2.EditImageResponse.FromString,
+                _registered_method=True)
+
+
+class ImageWorkerServiceServicer:
+    """An image worker: one Ray Serve deployment wrapping an image model (Orthus or NextStep) with a
+    micro-batcher, so concurrent requests share one batched model call. Both RPCs stream progress
+    (one ImageStep per patch) and end with one ImageOutput.
+    """
+
+    def GenerateImage(self, request, context):
+        """Generate one image from a prompt.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EditImage(self, request, context):
+        """Edit one image following an instruction.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ImageWorkerServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'GenerateImage': grpc.unary_stream_rpc_method_handler(
+                    servicer.GenerateImage,
+                    request_deserializer=tessera_dot_worker_dot_v1_dot_worker__pb2.GenerateImageRequest.FromString,
+                    response_serializer=tessera_dot_worker_dot_v1_dot_worker__pb2.GenerateImageResponse.SerializeToString,
+            ),
+            'EditImage': grpc.unary_stream_rpc_method_handler(
+                    servicer.EditImage,
+                    request_deserializer=tessera_dot_worker_dot_v1_dot_worker__pb2.EditImageRequest.FromString,
+                    response_serializer=tessera_dot_worker_dot_v1_dot_worker__pb2.EditImageResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'tessera.worker.v1.ImageWorkerService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('tessera.worker.v1.ImageWorkerService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class ImageWorkerService:
+    """An image worker: one Ray Serve deployment wrapping an image model (Orthus or NextStep) with a
+    micro-batcher, so concurrent requests share one batched model call. Both RPCs stream progress
+    (one ImageStep per patch) and end with one ImageOutput.
+    """
+
+    @staticmethod
+    def GenerateImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tessera.worker.v1.ImageWorkerService/GenerateImage',
+            tessera_dot_worker_dot_v1_dot_worker__pb2.GenerateImageRequest.SerializeToString,
+            tessera_dot_worker_dot_v1_dot_worker__pb2.GenerateImageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EditImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tessera.worker.v1.ImageWorkerService/EditImage',
+            tessera_dot_worker_dot_v1_dot_worker__pb2.EditImageRequest.SerializeToString,
+            tessera_dot_worker_dot_v1_dot_worker__pb2.EditImageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class UnderstandingWorkerServiceStub:
+    """An understanding worker: image + question -> text through an Orthus model's LM head, batched
+    across concurrent requests like the image worker.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Understand = channel.unary_stream(
+                '/tessera.worker.v1.UnderstandingWorkerService/Understand',
+                request_serializer=tessera_dot_worker_dot_v1_dot_worker__pb2.UnderstandRequest.SerializeToString,
+                response_deserializer=tessera_dot_worker_dot_v1_dot_worker__pb2.UnderstandResponse.FromString,
+                _registered_method=True)
+
+
+class UnderstandingWorkerServiceServicer:
+    """An understanding worker: image + question -> text through an Orthus model's LM head, batched
+    across concurrent requests like the image worker.
+    """
+
+    def Understand(self, request, context):
+        """Answer one question, streaming final token chunks and then a summary.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_UnderstandingWorkerServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Understand': grpc.unary_stream_rpc_method_handler(
+                    servicer.Understand,
+                    request_deserializer=tessera_dot_worker_dot_v1_dot_worker__pb2.UnderstandRequest.FromString,
+                    response_serializer=tessera_dot_worker_dot_v1_dot_worker__pb2.UnderstandResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'tessera.worker.v1.UnderstandingWorkerService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('tessera.worker.v1.UnderstandingWorkerService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class UnderstandingWorkerService:
+    """An understanding worker: image + question -> text through an Orthus model's LM head, batched
+    across concurrent requests like the image worker.
+    """
+
+    @staticmethod
+    def Understand(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tessera.worker.v1.UnderstandingWorkerService/Understand',
+            tessera_dot_worker_dot_v1_dot_worker__pb2.UnderstandRequest.SerializeToString,
+            tessera_dot_worker_dot_v1_dot_worker__pb2.UnderstandResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

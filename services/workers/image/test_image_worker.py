@@ -1,0 +1,73 @@
+"""The image worker on real Ray Serve, called through Serve's real gRPC proxy: progress then a PNG,
+concurrent requests batched into one model call, and refused requests as INVALID_ARGUMENT."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from PIL import Image
+from ray import serve
+
+from services.workers.image.config import ImageWorkerConfig
+from services.workers.image.deployment import IMAGE_APP
+from services.workers.image.server import start_image_worker
+from tessera.worker.v1 import worker_pb2_grpc
+from tessera.worker.v1.worker_pb2 import EditImageRequest, GenerateImageRequest, ImageSampling
+
+MD = (("application", IMAGE_APP.name),)
+
+
+@pytest.fixture(scope="module")
+def stub(image_checkpoints: Path, serve_cluster: Any) -> Iterator[worker_pb2_grpc.ImageWorkerServiceStub]:
+    cfg = ImageWorkerConfig.from_dict({
+        "model": {"name": "tiny", "backend": "orthus", "model_dir": str(image_checkpoints / "shapes-orthus"),
+                  "steps": 3},
+        "batching": {"max_batch_size": 4, "max_wait_ms": 200},
+        "deployment": {"max_ongoing_requests": 8, "ray_actor_options": {"num_cpus": 1}},
+    })
+    start_image_worker(cfg, serve_cluster.grpc_port, serve_cluster.http_port)
+    channel = grpc.insecure_channel(f"127.0.0.1:{serve_cluster.grpc_port}")
+    try:
+        yield worker_pb2_grpc.ImageWorkerServiceStub(channel)
+    finally:
+        channel.close()
+        serve.delete(IMAGE_APP.name)
+
+
+def generate(stub: worker_pb2_grpc.ImageWorkerServiceStub, prompt: str, **sampling: Any) -> list[Any]:
+    req = GenerateImageRequest(job_id=prompt, prompt=prompt, sampling=ImageSampling(**sampling))
+    return list(stub.GenerateImage(req, metadata=MD, timeout=60))
+
+
+def test_progress_then_png_and_concurrent_requests_share_a_batch(stub: Any) -> None:
+    with ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(lambda i: generate(stub, f"{i} red circles", seed=i, width=64, height=64), range(4)))
+    for msgs in outs:
+        assert [m.WhichOneof("event") for m in msgs] == ["step"] * 4 + ["output"]
+        assert [m.step.patches_done for m in msgs[:-1]] == [1, 2, 3, 4]
+        out = msgs[-1].output
+        assert out.model == "tiny" and Image.open(io.BytesIO(out.png)).size == (64, 64)
+    # Four concurrent calls within the 200 ms window: fewer model calls than requests.
+    assert max(m[-1].output.batch_size for m in outs) >= 2
+    edited = list(stub.EditImage(EditImageRequest(image=outs[0][-1].output.png, instruction="make it blue",
+                                                  sampling=ImageSampling(preview=True)), metadata=MD, timeout=60))
+    assert all(m.step.preview_png for m in edited[:-1]) and edited[-1].output.width == 32
+
+
+@pytest.mark.parametrize("request_,message", [
+    (GenerateImageRequest(prompt=""), "prompt is empty"),
+    (GenerateImageRequest(prompt="x", sampling=ImageSampling(steps=999)), "steps must be in"),
+    (EditImageRequest(image=b"nope", instruction="x"), "image is not a decodable"),
+])
+def test_bad_requests_are_invalid_argument(stub: Any, request_: Any, message: str) -> None:
+    call = stub.GenerateImage if isinstance(request_, GenerateImageRequest) else stub.EditImage
+    with pytest.raises(grpc.RpcError) as err:
+        list(call(request_, metadata=MD, timeout=30))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    assert message in err.value.details()

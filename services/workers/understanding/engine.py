@@ -1,0 +1,147 @@
+"""The understanding engine: image + question -> greedy answer through Orthus's LM head, streamed token
+by token, with concurrent questions decoded together by the micro-batcher.
+
+Decoding is greedy, so a retried job (skip_tokens) replays the same answer and resumes after what
+its earlier attempt streamed. A batch runs to its longest answer; rows that are done are no longer
+reported, and a batch stops early once every row is done or every caller has gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from models.orthus.checkpoint import load_orthus
+from models.orthus.model import Orthus
+from models.orthus.prompt import build_prompt
+from models.tokenizer import StreamDetokenizer
+from services.common.images import ImageError, decode_rgb
+from services.workers.batching import Batch, Done, MicroBatcher
+from services.workers.image.backends import Loaded, load_parts
+from services.workers.protocol import InvalidRequestError
+from services.workers.understanding.config import UnderstandingWorkerConfig
+from tessera.worker.v1.worker_pb2 import UnderstandRequest, UnderstandResponse
+
+
+@dataclass(slots=True)
+class Question:
+    text: str
+    image: np.ndarray  # uint8 (res, res, 3)
+    max_tokens: int
+
+
+@dataclass(slots=True)
+class Token:
+    id: int
+    step: int  # decoding steps so far
+
+
+@dataclass(slots=True)
+class Answer:
+    finish_reason: str  # "stop" | "length"
+    steps: int
+    prompt_tokens: int
+
+
+class _AllDone(Exception):
+    """Every row of the batch has its answer: stop decoding the longest one's tail."""
+
+
+class UnderstandingEngine:
+    def __init__(self, cfg: UnderstandingWorkerConfig) -> None:
+        self.cfg = cfg
+        self.model: Orthus | None = None
+        self.parts: Loaded | None = None
+        self.batcher: MicroBatcher[Question, Answer] = MicroBatcher(self._run_batch, cfg.batching,
+                                                                    name="understand")
+
+    async def start(self) -> None:
+        m = self.cfg.model
+        if not m.path.exists():
+            raise FileNotFoundError(f"model dir {m.path} does not exist (is the checkpoint trained yet?)")
+        if m.torch_threads:
+            torch.set_num_threads(m.torch_threads)
+        dtype = getattr(torch, m.dtype)
+        self.parts = await asyncio.to_thread(load_parts, m.path, m.resolution, m.device, dtype)
+        self.model = await asyncio.to_thread(lambda: load_orthus(m.path, dtype=dtype, device=m.device).eval())
+
+    async def check_health(self) -> None:
+        if self.model is None:
+            raise RuntimeError("understanding engine is not started")
+
+    async def shutdown(self) -> None:
+        await self.batcher.close()
+        self.model = None
+
+    def plan(self, req: UnderstandRequest) -> Question:
+        m = self.cfg.model
+        if req.model and req.model != m.name:
+            raise InvalidRequestError(f"unknown model {req.model!r}; this worker serves {m.name!r}")
+        if not req.question.strip():
+            raise InvalidRequestError("question is empty")
+        if not 0 <= req.max_tokens <= m.max_tokens_limit:
+            raise InvalidRequestError(f"max_tokens must be in [1, {m.max_tokens_limit}] (0 = default "
+                                      f"{m.default_max_tokens}), got {req.max_tokens}")
+        max_tokens = req.max_tokens or m.default_max_tokens
+        if not 0 <= req.skip_tokens <= max_tokens:
+            raise InvalidRequestError(f"skip_tokens must be in [0, max_tokens={max_tokens}], got {req.skip_tokens}")
+        try:
+            image = decode_rgb(req.image, m.resolution)
+        except ImageError as e:
+            raise InvalidRequestError(f"image {e}") from e
+        return Question(req.question, image, max_tokens)
+
+    async def understand(self, req: UnderstandRequest) -> AsyncIterator[UnderstandResponse]:
+        q = self.plan(req)
+        assert self.parts is not None
+        detok = StreamDetokenizer(self.parts.tokenizer)
+        seen = 0
+        async for ev in self.batcher.submit(q):
+            if isinstance(ev, Done):
+                a: Answer = ev.result
+                yield UnderstandResponse(finished=True, finish_reason=a.finish_reason, forward_passes=a.steps,
+                                         prompt_tokens=a.prompt_tokens, model=self.cfg.model.name)
+                return
+            seen += 1
+            text = detok.push([ev.id])  # skipped tokens go through the detokenizer too: exact resumption
+            if seen > req.skip_tokens:
+                yield UnderstandResponse(text=text, token_count=1, forward_passes=ev.step)
+
+    # ---- the model thread -----------------------------------------------------------------------
+
+    def _run_batch(self, batch: Batch[Question]) -> Sequence[Answer]:
+        assert self.model is not None and self.parts is not None
+        qs, cfg, enc = batch.requests, self.model.config, self.parts.tokenizer.encode
+        feats = self.parts.encode_images(np.stack([q.image for q in qs])).to(self.model.device)
+        prompts = [build_prompt(cfg, z, enc(q.text)) for z, q in zip(feats, qs, strict=True)]
+        counts, reasons, steps = [0] * len(qs), [""] * len(qs), [0] * len(qs)
+        step = 0
+
+        def on_token(fresh: list[int | None]) -> None:
+            nonlocal step
+            step += 1
+            batch.check()
+            for i, t in enumerate(fresh):
+                if reasons[i]:
+                    continue
+                steps[i] = step
+                if t is None:  # the row emitted sep or EOS
+                    reasons[i] = "stop"
+                    continue
+                counts[i] += 1
+                batch.progress(i, Token(t, step))
+                if counts[i] == qs[i].max_tokens:
+                    reasons[i] = "length"
+            if all(reasons):
+                raise _AllDone
+
+        try:
+            with torch.no_grad():
+                self.model.understand(prompts, max(q.max_tokens for q in qs), on_token)
+        except _AllDone:
+            pass
+        return [Answer(r or "length", n, len(p.ids)) for r, n, p in zip(reasons, steps, prompts, strict=True)]
