@@ -13,6 +13,7 @@ import argparse
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer
@@ -41,23 +42,32 @@ def _bundle(out: Path, name: str) -> Path:
     return dst
 
 
+def _default(recipe: type, name: str) -> Any:
+    # Slotted dataclasses keep field defaults only in __dataclass_fields__, not as class attributes.
+    return recipe.__dataclass_fields__[name].default
+
+
 def _dir_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--only", choices=["vae", "orthus", "nextstep"], action="append")
     ap.add_argument("--steps", type=int, help="training steps for every model (smoke runs); overrides the per-model")
-    ap.add_argument("--vae-steps", type=int, default=VAERecipe.steps)
-    ap.add_argument("--orthus-steps", type=int, default=OrthusRecipe.steps)
-    ap.add_argument("--nextstep-steps", type=int, default=NextStepRecipe.steps)
+    ap.add_argument("--vae-steps", type=int, default=_default(VAERecipe, "steps"))
+    ap.add_argument("--orthus-steps", type=int, default=_default(OrthusRecipe, "steps"))
+    ap.add_argument("--nextstep-steps", type=int, default=_default(NextStepRecipe, "steps"))
     ap.add_argument("--pool", type=int, help="example pool size for every model (default: the recipes')")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--log-every", type=int, default=100)
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     todo = args.only or ["vae", "orthus", "nextstep"]

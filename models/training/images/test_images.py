@@ -16,6 +16,7 @@ from models.training.images import data
 from models.training.images import nextstep as ns
 from models.training.images import orthus as ot
 from models.training.images import vae as tv
+from models.training.images.__main__ import build_parser
 
 torch.set_num_threads(1)  # tiny models; the box is shared with training jobs
 
@@ -207,3 +208,10 @@ def test_layouts_match_inference_prompts(tok: Any, vae: ImageTokenizer) -> None:
               edit_rows(model, enc, [ex_edit.text], (2, 2), (2, 2), gen)[0]]
     for i, w in enumerate(want_n):
         assert rows_n.ids[i, :len(w)].tolist() == w
+
+
+def test_cli_defaults_are_the_recipes() -> None:
+    """The documented command (no flags) must train each model with its recipe's step count."""
+    args = build_parser().parse_args([])
+    assert (args.vae_steps, args.orthus_steps, args.nextstep_steps) == (
+        tv.VAERecipe().steps, ot.OrthusRecipe().steps, ns.NextStepRecipe().steps)
