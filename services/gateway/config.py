@@ -32,7 +32,7 @@ class ImageLimits:
     min_side: int = 8  # input and output sides, pixels
     max_side: int = 1024
     max_steps: int = 200
-    models: list[str] = field(default_factory=lambda: ["shapes-orthus"])  # first = default
+    models: list[str] = field(default_factory=lambda: ["shapes-nextstep"])  # first = default
 
     def __post_init__(self) -> None:
         if min(self.max_prompt_chars, self.max_image_bytes, self.min_side, self.max_steps) <= 0 or not self.models:
