@@ -23,13 +23,23 @@ from models.sampling import SamplingParams
 from models.worlds import arith
 
 CKPT = Path(__file__).resolve().parents[1] / "checkpoints"
-TEACHER, STUDENT, AR = CKPT / "arith-llada-teacher", CKPT / "arith-d2f-lora", CKPT / "arith-qwen2-ar"
+STUDENT, AR = CKPT / "arith-d2f-lora", CKPT / "arith-qwen2-ar"
+
+
+def teacher_of(student: Path) -> Path:
+    """The base model a D2F adapter was trained on (its adapter_config's base_model_name_or_path)."""
+    base = Path(json.loads((student / "adapter_config.json").read_text())["base_model_name_or_path"])
+    return base if base.is_absolute() else (student / base).resolve()
+
+
+TEACHER = teacher_of(STUDENT)
 
 
 def methods(ckpt: Path = CKPT) -> dict[str, tuple[Path, dict[str, Any]]]:
     """Decoding defaults: paper defaults for D2F (tau_add 0.1, tau_act 0.95, tau_conf 0.9) and
     Fast-dLLM (threshold 0.9); LLaDA's reference setting for vanilla (one token per step)."""
-    teacher, student = ckpt / "arith-llada-teacher", ckpt / "arith-d2f-lora"
+    student = ckpt / "arith-d2f-lora"
+    teacher = teacher_of(student)
     return {
         "vanilla": (teacher, {"block_size": 32}),
         "fast-dllm": (teacher, {"block_size": 32, "threshold": 0.9}),
@@ -91,7 +101,7 @@ def print_table(rows: list[Row]) -> None:
     by = {r.method: r for r in rows}
     if "d2f" in by:
         for base in ("vanilla", "fast-dllm", "ar"):
-            if base in by:
+            if base in by and by[base].tps > 0:  # an untrained model may emit EOS at once
                 print(f"d2f / {base}: {by['d2f'].tps / by[base].tps:.2f}x TPS")
 
 
@@ -103,7 +113,8 @@ def sweep(problems: int, out: Path, ckpt: Path = CKPT, device: str = "cpu") -> l
     import matplotlib.pyplot as plt
 
     grid: dict[str, tuple[Path, dict[str, Any]]] = {}
-    teacher, student = ckpt / "arith-llada-teacher", ckpt / "arith-d2f-lora"
+    student = ckpt / "arith-d2f-lora"
+    teacher = teacher_of(student)
     for conf in (0.5, 0.7, 0.8, 0.9, 0.95, 0.99):
         for add in (0.1, 0.5, 0.9):
             grid[f"d2f:conf={conf},add={add}"] = (

@@ -1,18 +1,19 @@
-"""Train the embedded tiny text models: `python -m models.training` (2 CPU cores, ~55 minutes;
-`--device cuda` runs the same recipe on a GPU).
+"""Train the embedded tiny text models: `python -m models.training` (2 CPU cores, under an hour
+idle; `--device cuda` runs the same recipe on a GPU).
 
 Produces, in HF formats loaded by the same code as real checkpoints:
-  <out>/arith-llada-teacher  LLaDA-layout masked-diffusion model (the bidirectional teacher)
-  <out>/arith-d2f-lora       D2F student: a PEFT LoRA adapter on the teacher
-  <out>/arith-qwen2-ar       autoregressive baseline of the same size (Qwen2 layout)
+  <out>/arith-qwen2-ar        autoregressive baseline (Qwen2 layout), trained first
+  <out>/arith-dream-teacher   Dream-layout masked-diffusion teacher, initialised from the AR model
+  <out>/arith-d2f-lora        D2F student: a PEFT LoRA adapter on the teacher
 
-The recipe (the `Recipe` defaults) came from a side-by-side run of variants on a GPU
-(scripts/device_session.sh): what lifted the teacher was training on decoding-state masks (a
-clean answer prefix, a partly masked block, everything after it masked: the states a
-semi-autoregressive sampler visits) for 80 % of samples, with numbers masked together
-(`tie_masks`). At 4800 steps that took vanilla decoding from 0.12 to 0.77 exact answers. A short
-uniform-mask phase at the end (`polish_steps`) restores copying from the question, which
-decoding states alone leave undertrained.
+The recipe follows Dream: the diffusion teacher starts from the AR model's weights and keeps its
+next-token readout (logits shifted by one), so masked-diffusion training only has to teach it to
+fill masks, not arithmetic and copying from scratch. Half of the teacher's samples get
+decoding-state masks (a clean answer prefix, a partly masked block, everything after it masked:
+the states a semi-autoregressive sampler visits), half uniform LLaDA masks (which keep copying
+from the question trained), numbers masked together (`tie_masks`). `--teacher-layout llada` trains
+the earlier random-init LLaDA-layout teacher (vanilla 0.77 / D2F 0.69 exact answers, against 0.88 /
+see README for this recipe).
 """
 
 from __future__ import annotations
@@ -36,8 +37,12 @@ from models.training.objectives import ar_loss, d2f_distill_loss, masked_diffusi
 from models.transformer import Transformer
 from models.worlds.tokenizer import EOS_TOKEN, MASK_TOKEN
 
-TEACHER, STUDENT, AR = "arith-llada-teacher", "arith-d2f-lora", "arith-qwen2-ar"
+STUDENT, AR = "arith-d2f-lora", "arith-qwen2-ar"
 LORA = {"r": 32, "alpha": 32.0, "dropout": 0.1}  # the published D2F adapters' settings
+
+
+def teacher_name(layout: str) -> str:
+    return f"arith-{layout}-teacher"
 
 
 @dataclass(slots=True)
@@ -46,13 +51,17 @@ class Recipe:
     of the committed checkpoints)."""
 
     hidden: int = 128
+    # "llada": the teacher starts from random weights. "dream": Dream's recipe, the teacher starts
+    # from the AR baseline's weights and keeps its next-token readout (logits shifted by one), so
+    # the AR model trains first and the diffusion phases only teach it to fill masks.
+    teacher_layout: str = "dream"
     layers: int = 4
     teacher_steps: int = 0  # optional first phase: the plain LLaDA objective
-    teacher_tied_steps: int = 4800  # numbers masked together (tie_masks)
+    teacher_tied_steps: int = 3000  # numbers masked together (tie_masks)
     teacher_lr: float = 1e-3
-    decoding_frac: float = 0.8  # share of teacher samples with decoding-state masks
-    polish_steps: int = 600  # then uniform masks only: decoding states alone leave copying weak
-    student_steps: int = 1500
+    decoding_frac: float = 0.5  # share of teacher samples with decoding-state masks
+    polish_steps: int = 0  # then uniform masks only (for decoding_frac near 1, which leaves copying weak)
+    student_steps: int = 3000
     ar_steps: int = 1000
     batch: int = 32
     device: str = "cpu"
@@ -60,6 +69,8 @@ class Recipe:
     def __post_init__(self) -> None:
         if self.hidden % 32 or self.layers <= 0:
             raise ValueError("hidden must be a multiple of 32 (head_dim 32) and layers positive")
+        if self.teacher_layout not in ("llada", "dream"):
+            raise ValueError("teacher_layout must be llada or dream")
         if not 0.0 <= self.decoding_frac <= 1.0:
             raise ValueError("decoding_frac must be in [0, 1]")
         if min(self.teacher_steps, self.teacher_tied_steps, self.polish_steps, self.student_steps, self.ar_steps) < 0:
@@ -86,18 +97,26 @@ def _copy_tokenizer(src: Path, dst: Path) -> None:
         shutil.copy(src / f, dst / f)
 
 
+def _teacher_config(tok: Tokenizer, r: Recipe) -> ModelConfig:
+    ids = {"mask_token_id": tok.token_to_id(MASK_TOKEN), "eos_token_id": tok.token_to_id(EOS_TOKEN),
+           "pad_token_id": tok.token_to_id(EOS_TOKEN)}
+    if r.teacher_layout == "dream":  # the AR baseline's shape, so its weights load unchanged
+        return ModelConfig(layout="dream", vocab_size=512, max_position_embeddings=512, rope_theta=10000.0,
+                           qkv_bias=True, **ids, **r.size)
+    return ModelConfig(layout="llada", vocab_size=tok.get_vocab_size(), embedding_size=512,
+                       max_position_embeddings=512, rope_theta=10000.0, **ids, **r.size)
+
+
 def train_teacher(out: Path, tok_dir: Path, r: Recipe, init: Path | None = None) -> None:
-    tok = build_tokenizer(tok_dir)
-    cfg = ModelConfig(layout="llada", vocab_size=tok.get_vocab_size(), embedding_size=512,
-                      max_position_embeddings=512, rope_theta=10000.0,
-                      mask_token_id=tok.token_to_id(MASK_TOKEN), eos_token_id=tok.token_to_id(EOS_TOKEN),
-                      pad_token_id=tok.token_to_id(EOS_TOKEN), **r.size)
+    tok = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
     torch.manual_seed(0)
-    model = Transformer(cfg)
+    model = Transformer(_teacher_config(tok, r))
     steps = r.teacher_steps
     if init is not None:  # resume: the phases set to 0 steps were done by an earlier run of this recipe
         model.load_state_dict(load_model(init).state_dict())
         steps = 0
+    elif r.teacher_layout == "dream":
+        model.load_state_dict(load_model(out / AR).state_dict())
     model.to(r.device)
     tied = number_tokens(tok)
     loss = functools.partial(masked_diffusion_loss, model, decoding_frac=r.decoding_frac)
@@ -118,13 +137,14 @@ def train_teacher(out: Path, tok_dir: Path, r: Recipe, init: Path | None = None)
         train(model, ProblemStream(tok, r.batch, seed=20),
               TrainConfig(steps=r.polish_steps, lr=r.teacher_lr / 4, seed=20, batch_size=r.batch, device=r.device),
               functools.partial(masked_diffusion_loss, model, tied=tied), "teacher-polish")
-    save_model(model, out / TEACHER)
-    _copy_tokenizer(tok_dir, out / TEACHER)
+    save_model(model, out / teacher_name(r.teacher_layout))
+    _copy_tokenizer(tok_dir, out / teacher_name(r.teacher_layout))
 
 
 def train_student(out: Path, r: Recipe) -> None:
-    model = load_model(out / TEACHER)
-    tok = Tokenizer.from_file(str(out / TEACHER / "tokenizer.json"))
+    teacher = teacher_name(r.teacher_layout)
+    model = load_model(out / teacher)
+    tok = Tokenizer.from_file(str(out / teacher / "tokenizer.json"))
     torch.manual_seed(1)
     apply_lora(model, ["q_proj", "k_proj", "v_proj", "o_proj"], **LORA)
     model.to(r.device)
@@ -132,12 +152,13 @@ def train_student(out: Path, r: Recipe) -> None:
     train(model, stream, TrainConfig(steps=r.student_steps, lr=5e-4, seed=1, weight_decay=0.05,
                                      batch_size=r.batch, device=r.device),
           functools.partial(d2f_distill_loss, model, tied=number_tokens(tok)), "d2f-student")
-    save_adapter(model, out / STUDENT, base_model=f"../{TEACHER}", **LORA)
-    _copy_tokenizer(out / TEACHER, out / STUDENT)
+    shutil.rmtree(out / STUDENT, ignore_errors=True)  # no stale files from another layout's run
+    save_adapter(model, out / STUDENT, base_model=f"../{teacher}", **LORA)
+    _copy_tokenizer(out / teacher, out / STUDENT)
 
 
-def train_ar(out: Path, r: Recipe) -> None:
-    tok = Tokenizer.from_file(str(out / TEACHER / "tokenizer.json"))
+def train_ar(out: Path, tok_dir: Path, r: Recipe) -> None:
+    tok = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
     eos = tok.token_to_id(EOS_TOKEN)
     cfg = ModelConfig(layout="qwen2", vocab_size=512, max_position_embeddings=512, rope_theta=10000.0,
                       qkv_bias=True, eos_token_id=eos, pad_token_id=eos, **r.size)
@@ -147,7 +168,7 @@ def train_ar(out: Path, r: Recipe) -> None:
     train(model, stream, TrainConfig(steps=r.ar_steps, lr=1e-3, seed=2, batch_size=r.batch, device=r.device),
           functools.partial(ar_loss, model), "ar")
     save_model(model, out / AR)
-    _copy_tokenizer(out / TEACHER, out / AR)
+    _copy_tokenizer(tok_dir, out / AR)
 
 
 def main() -> None:
@@ -156,19 +177,25 @@ def main() -> None:
     ap.add_argument("--only", choices=["teacher", "student", "ar"], action="append")
     ap.add_argument("--teacher-init", type=Path, help="skip phase 1: start phase 2 from this phase-1 checkpoint")
     for f in Recipe.__dataclass_fields__.values():  # every recipe field is a flag, e.g. --teacher-steps
-        ap.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+        kind = type(f.default)
+        ap.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default,
+                        **({"choices": ["llada", "dream"]} if f.name == "teacher_layout" else {}))
     args = ap.parse_args()
     recipe = Recipe(**{k: getattr(args, k) for k in Recipe.__dataclass_fields__})
     torch.set_num_threads(max(1, torch.get_num_threads()))
     todo = args.only or ["teacher", "student", "ar"]
     t0 = time.time()
+    tok_dir = args.out / "_tokenizer"
+    build_tokenizer(tok_dir)  # deterministic: every run and every model gets the same vocabulary
+    if "ar" in todo and recipe.teacher_layout == "dream":  # the teacher starts from the AR weights
+        train_ar(args.out, tok_dir, recipe)
     if "teacher" in todo:
-        train_teacher(args.out, args.out / "_tokenizer", recipe, args.teacher_init)
+        train_teacher(args.out, tok_dir, recipe, args.teacher_init)
     if "student" in todo:
         train_student(args.out, recipe)
-    if "ar" in todo:
-        train_ar(args.out, recipe)
-    shutil.rmtree(args.out / "_tokenizer", ignore_errors=True)
+    if "ar" in todo and recipe.teacher_layout != "dream":
+        train_ar(args.out, tok_dir, recipe)
+    shutil.rmtree(tok_dir, ignore_errors=True)
     print(f"trained {', '.join(todo)} in {time.time() - t0:.0f}s ({recipe}, SEQ_LEN={SEQ_LEN})")
 
 

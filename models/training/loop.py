@@ -1,8 +1,13 @@
-"""The training loop shared by the teacher, the D2F student and the AR baseline."""
+"""The training loop shared by the teacher, the D2F student, the AR baseline and the image models.
+
+`TESSERA_TRAIN_UNTIL` (a Unix time) ends every phase early, keeping what was learned so far: for
+time-boxed runs on a lent GPU, where a killed process would return nothing. The log says so.
+"""
 
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,7 +53,11 @@ def train(model: nn.Module, stream: ProblemStream, cfg: TrainConfig,
     model.train()
     losses: list[float] = []
     t0 = time.time()
+    until = float(os.environ.get("TESSERA_TRAIN_UNTIL", "inf"))
     for step in range(cfg.steps):
+        if time.time() > until:
+            print(f"[{name}] TESSERA_TRAIN_UNTIL reached: stopped after {step}/{cfg.steps} steps", flush=True)
+            break
         loss = loss_fn(stream.next().to(cfg.device), gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -35,6 +35,16 @@ def _rand(gen: torch.Generator, *shape: int, device: torch.device) -> torch.Tens
     return torch.rand(*shape, generator=gen).to(device)
 
 
+def token_logits(model: Transformer, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Logits indexed by the token they predict: for shifted (Dream-layout) models the token at
+    position i is read from position i-1, as at decoding time. Position 0 is the prompt, never a
+    target, so repeating its row keeps the shape without entering any loss."""
+    logits = model(ids, mask=mask)
+    if model.config.shift_logits:
+        logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+    return logits
+
+
 def tie_masks(ids: torch.Tensor, masked: torch.Tensor, answer: torch.Tensor, tied: torch.Tensor | None) -> torch.Tensor:
     """Mask every answer copy of a masked `tied` token (e.g. numbers).
 
@@ -83,7 +93,7 @@ def masked_diffusion_loss(model: Transformer, batch: Batch, gen: torch.Generator
         weight = torch.where(dec, torch.ones_like(weight), weight)
     masked = tie_masks(ids, uniform, answer, tied)
     noisy = torch.where(masked, model.config.mask_token_id, ids)
-    logits = model(noisy, mask=batch.key_mask())
+    logits = token_logits(model, noisy, batch.key_mask())
     ce = F.cross_entropy(logits[masked], ids[masked], reduction="none")
     return (ce * weight[masked]).sum() / answer.sum()
 
@@ -115,8 +125,8 @@ def d2f_distill_loss(model: Transformer, batch: Batch, gen: torch.Generator, blo
     masked = tie_masks(ids, (_rand(gen, b, length, device=ids.device) < p_tok) & answer, answer, tied)
     noisy = torch.where(masked, model.config.mask_token_id, ids)
     with torch.no_grad(), adapter_disabled(model):
-        teacher = model(noisy, mask=batch.key_mask())[masked].softmax(-1)
-    student = model(noisy, mask=mask_from_ids(bid, bid) & batch.key_mask())[masked]
+        teacher = token_logits(model, noisy, batch.key_mask())[masked].softmax(-1)
+    student = token_logits(model, noisy, mask_from_ids(bid, bid) & batch.key_mask())[masked]
     ce = F.cross_entropy(student, teacher, reduction="none")
     return (ce / p_tok[masked]).mean()
 

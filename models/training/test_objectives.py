@@ -13,6 +13,7 @@ from models.training.objectives import (
     d2f_distill_loss,
     masked_diffusion_loss,
     monotonic_ratios,
+    token_logits,
 )
 
 
@@ -122,3 +123,14 @@ def test_decoding_frac_switches_the_mask_shape() -> None:
         assert bool(noisy[i, v - 1])  # the canvas end is always masked in a decoding state
         hits = noisy[i, : v].nonzero().flatten().tolist()
         assert hits == list(range(hits[0], v)) or len(set(range(hits[0], v)) - set(hits)) <= 4
+
+
+def test_token_logits_shift_only_for_dream() -> None:
+    """Dream reads token i from position i-1 (as its decoders do); LLaDA from position i."""
+    batch = _batch()
+    for layout, shift in (("llada", 0), ("dream", 1)):
+        model = tiny(layout)
+        raw = model(batch.ids, mask=batch.key_mask())
+        got = token_logits(model, batch.ids, batch.key_mask())
+        assert got.shape == raw.shape
+        torch.testing.assert_close(got[:, 1:], raw[:, 1 - shift: raw.shape[1] - shift])
