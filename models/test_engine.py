@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 
@@ -20,14 +21,12 @@ def d2f() -> TextEngine:
 
 
 def well_formed(p: arith.Problem, text: str) -> bool:
-    """A step-by-step answer in the world's format: "<Name> starts with N <items>.", then reasoning in
-    "so a + b = c." steps, then "The answer is N.". Format only: whether the sums are right is the
-    benchmark's score; the embedded diffusion models often copy the wrong name or item into the
-    first sentence (see README, "Known gaps"), which no score counts."""
-    import re
-
-    return (re.match(r"\s*\w+ starts with \d+ \w+\.", text) is not None
-            and re.search(r"so \d+ [+-] \d+ = \d+\.", text) is not None and arith.extract_answer(text) is not None)
+    """A step-by-step answer in the world's format whose first sentence ("<Name> starts with N
+    <items>.") copies the question's name, number and item exactly, then "so a + b = c." steps,
+    then "The answer is N.". Whether the sums are right is the benchmark's score."""
+    first = p.answer.strip().split(".")[0]
+    return (text.strip().split(".")[0] == first and re.search(r"so \d+ [+-] \d+ = \d+\.", text) is not None
+            and arith.extract_answer(text) is not None)
 
 
 def test_embedded_d2f_model_answers_heldout_problems_in_parallel(d2f: TextEngine) -> None:

@@ -19,8 +19,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu
 # Each variant must fit the 1-hour CPU budget of `python -m models.training` (idle 2-core CPU:
 # AR 0.40 s/step, teacher 0.44, polish 0.45, student 0.55).
 declare -A V=(
-  [dream80]="--teacher-layout dream --ar-steps 1000 --teacher-tied-steps 3000 --decoding-frac 0.8 --polish-steps 600 --student-steps 2500"
-  [dream50]="--teacher-layout dream --ar-steps 1000 --teacher-tied-steps 3600 --decoding-frac 0.5 --polish-steps 0 --student-steps 2500"
+  [dream_t4k]="--teacher-layout dream --teacher-tied-steps 4000 --student-steps 2500"
+  [dream_t4800]="--teacher-layout dream --teacher-tied-steps 4800 --student-steps 2000 --ar-steps 800"
 )
 [ -z "${CUDA:-}" ] || timeout "${CUDA_LIMIT:-100}" "$PY" -m models.bench cuda --json > "$OUT/cuda.json" 2> "$OUT/cuda.err"
 for name in ${ONLY:-${!V[@]}}; do

@@ -11,9 +11,9 @@ next-token readout (logits shifted by one), so masked-diffusion training only ha
 fill masks, not arithmetic and copying from scratch. Half of the teacher's samples get
 decoding-state masks (a clean answer prefix, a partly masked block, everything after it masked:
 the states a semi-autoregressive sampler visits), half uniform LLaDA masks (which keep copying
-from the question trained), numbers masked together (`tie_masks`). `--teacher-layout llada` trains
-the earlier random-init LLaDA-layout teacher (vanilla 0.77 / D2F 0.69 exact answers, against 0.88 /
-see README for this recipe).
+from the question trained), numbers masked together (`tie_masks`). Held-out exact answers went from
+0.77 (vanilla) / 0.69 (D2F) with the random-init LLaDA-layout teacher (`--teacher-layout llada`)
+to 0.87 / 0.89 with this recipe (README has the table).
 """
 
 from __future__ import annotations

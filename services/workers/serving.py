@@ -89,6 +89,11 @@ def ensure_serve(grpc_port: int, http_port: int, *, num_cpus: int | None = None,
                 raise FileNotFoundError(f"model dir {check_path} does not exist (is the checkpoint trained yet?)")
             # Local cluster: make `models`/`services` importable in replicas whatever the cwd.
             env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
+            # Serve kills a proxy that misses 3 readiness checks of 5 s; on a busy laptop a fresh
+            # proxy can take longer to import and serve.start then fails. The raylet (and so the
+            # controller) inherits these from this process; explicit settings win.
+            for k in ("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S"):
+                os.environ.setdefault(k, "30")
         ray.init(num_cpus=num_cpus, runtime_env={"env_vars": env} if env else None)
     serve.start(http_options=HTTPOptions(host="0.0.0.0", port=http_port),
                 grpc_options=gRPCOptions(port=grpc_port, grpc_servicer_functions=list(servicers)))
