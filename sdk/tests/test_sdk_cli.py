@@ -40,12 +40,20 @@ def test_invalid_argument_exits_2_with_one_line_message(server: FakeGateway) -> 
 
 
 def test_ctrl_c_cancels_the_stream_and_the_job(server: FakeGateway) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "tessera", "text", "slowstream", "--address", server.address,
-                             "--api-key", API_KEY], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # -X faulthandler: if the CLI ever hangs after Ctrl-C (seen once in a full CI run, not reproduced
+    # in isolation), SIGABRT makes it print every thread's stack, and the failure shows where.
+    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "tessera", "text", "slowstream",
+                             "--address", server.address, "--api-key", API_KEY],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert proc.stdout is not None and proc.stdout.read(len(CHUNKS[0])) == CHUNKS[0].encode()
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=10)
+        try:
+            _, err = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            _, err = proc.communicate(timeout=10)
+            pytest.fail(f"the CLI did not exit within 20 s of Ctrl-C; its stacks:\n{err.decode(errors='replace')}")
     finally:
         if proc.poll() is None:
             proc.kill()
