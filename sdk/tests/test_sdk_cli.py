@@ -40,9 +40,15 @@ def test_invalid_argument_exits_2_with_one_line_message(server: FakeGateway) -> 
 
 
 def test_ctrl_c_cancels_the_stream_and_the_job(server: FakeGateway) -> None:
-    # -X faulthandler: if the CLI ever hangs after Ctrl-C (seen once in a full CI run, not reproduced
-    # in isolation), SIGABRT makes it print every thread's stack, and the failure shows where.
-    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "tessera", "text", "slowstream",
+    # The child starts with SIGINT at its default, as under a terminal: in full CI runs the CLI twice
+    # ignored the SIGINT (it ran to the end, exit 0), as if this process handed SIGINT down ignored
+    # or blocked, which both survive exec (the failure message shows this process's state).
+    # -X faulthandler: if the CLI ever hangs instead, SIGABRT prints every thread's stack.
+    parent = (signal.getsignal(signal.SIGINT), signal.pthread_sigmask(signal.SIG_BLOCK, []))
+    run = ("import signal, sys; signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT]); "
+           "signal.signal(signal.SIGINT, signal.default_int_handler); "
+           "from tessera.cli import main; sys.exit(main(sys.argv[1:]))")
+    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-c", run, "text", "slowstream",
                              "--address", server.address, "--api-key", API_KEY],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -57,7 +63,7 @@ def test_ctrl_c_cancels_the_stream_and_the_job(server: FakeGateway) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130, err
+    assert proc.returncode == 130, (err, parent)
     assert b"cancelled (job job-" in err and b"Traceback" not in err
     assert server.rec.stream_cancelled.wait(2)
     assert len(server.rec.cancelled_jobs) == 1 and server.rec.cancelled_jobs[0].startswith("job-")
