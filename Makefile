@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml sdk/pyproject.toml requirements.lock | cksum | cut -d' ' -f1)
 ARGS   ?=
-DEMO_Q ?= Mia has 12 shells. She finds 7 more. She gives away 3. She buys 5 more. How many shells does Mia have now?
+DEMO_Q ?= Mia has 12 shells. She finds 7 more. She gives 3. She buys 5 more. She loses 4. How many shells does Mia have now?
 
 .PHONY: setup test lint bench sweep run demo train protos clean
 

@@ -30,10 +30,11 @@ from services.workers.image.config import ImageWorkerConfig
 from services.workers.understanding.config import UnderstandingWorkerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-IMAGE_DEMO = "a red circle left of a blue square"
+IMAGE_DEMO = "a red circle on the left and a blue square on the right"  # the shapes world's phrasing
 EDIT_DEMO = "make the circle green"
 ASK_DEMO = "what colour is the square?"
-DEMO = "Mia has 12 shells. She finds 7 more. She gives away 3. She buys 5 more. How many shells does Mia have now?"
+DEMO = ("Mia has 12 shells. She finds 7 more. She gives 3. She buys 5 more. She loses 4. "
+        "How many shells does Mia have now?")
 log = logging.getLogger("tessera.stack")
 
 
