@@ -4,7 +4,6 @@ the one Serve and delete them when done, instead of each starting a cluster (~10
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +25,9 @@ def serve_cluster() -> Iterator[ServeCluster]:
     from ray import serve
 
     from services.common.redis_server import free_port
-    from services.workers.serving import ensure_serve
+    from services.workers.serving import ensure_serve, lenient_proxy_checks
 
-    # Serve kills a proxy that misses 3 readiness checks of 5 s; on a loaded 2-core machine a new
-    # proxy can take longer than that to import, and serve.start then fails after 60 s. Be lenient.
-    lenient = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30"}
-    os.environ.update(lenient)  # the raylet, and so the Serve controller, inherit the driver's env
+    lenient = lenient_proxy_checks()  # a loaded 2-core machine starts Serve's proxy slowly
     # 4 logical CPUs: text, image and understanding replicas (1 CPU each) fit on the 2-core machine.
     ray.init(num_cpus=4, include_dashboard=False, logging_level="warning",
              runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), **lenient}})

@@ -11,7 +11,7 @@ import os
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TypedDict
+from typing import Any, Generic, TypedDict, TypeVar
 
 import grpc
 
@@ -27,6 +27,9 @@ from tessera.types import (
     understanding_result_from_proto,
 )
 from tessera.v1 import images_pb2, jobs_pb2, text_pb2, understanding_pb2
+
+_Item = TypeVar("_Item")
+_Result = TypeVar("_Result")
 
 DEFAULT_ADDRESS = "localhost:50051"
 DEFAULT_UNARY_TIMEOUT_S = 120.0
@@ -217,18 +220,30 @@ def understand_request(image: bytes | str | os.PathLike[str], question: str, ide
     return understanding_pb2.UnderstandRequest(request=req, idempotency_key=idempotency_key or new_idempotency_key())
 
 
-class ImageStreamState:
-    """Turns GenerateImage / EditImage messages into ImageProgress and remembers the job id and result."""
+class _JobStreamState(Generic[_Item, _Result]):
+    """What a job's stream remembers across messages: its job id, the last event id (where to
+    resume) and the final result; `feed` turns one message into the item it carries, if any."""
 
     def __init__(self) -> None:
         self.job_id = ""
         self.last_event_id = ""
-        self.result: ImageResult | None = None
+        self.result: _Result | None = None
 
-    def feed(self, msg: images_pb2.GenerateImageResponse | images_pb2.EditImageResponse) -> ImageProgress | None:
+    def _note(self, msg: Any) -> str | None:
+        """Record the ids of one message; its payload kind."""
         self.job_id = msg.job_id or self.job_id
         self.last_event_id = msg.event_id or self.last_event_id
-        kind = msg.WhichOneof("payload")
+        return msg.WhichOneof("payload")
+
+    def feed(self, msg: Any) -> _Item | None:
+        raise NotImplementedError
+
+
+class ImageStreamState(_JobStreamState[ImageProgress, ImageResult]):
+    """Turns GenerateImage / EditImage messages into ImageProgress and remembers the job id and result."""
+
+    def feed(self, msg: images_pb2.GenerateImageResponse | images_pb2.EditImageResponse) -> ImageProgress | None:
+        kind = self._note(msg)
         if kind == "progress":
             return image_progress_from_proto(msg.progress, self.job_id, msg.event_id)
         if kind == "result":
@@ -236,22 +251,14 @@ class ImageStreamState:
         return None
 
 
-class StreamState:
-    """Turns GenerateStream messages into TextChunks and remembers the job id and final result.
-
-    Messages without a payload (the first one, which only announces the job id) yield no chunk.
+class StreamState(_JobStreamState[TextChunk, TextResult]):
+    """Turns GenerateStream / Understand messages into TextChunks and remembers the job id and final
+    result. Messages without a payload (the first one, which only announces the job id) yield no chunk.
     """
-
-    def __init__(self) -> None:
-        self.job_id = ""
-        self.last_event_id = ""
-        self.result: TextResult | None = None
 
     def feed(self, msg: text_pb2.GenerateStreamResponse | understanding_pb2.UnderstandResponse) -> TextChunk | None:
         """Record one message; return the chunk it carries, if any."""
-        self.job_id = msg.job_id or self.job_id
-        self.last_event_id = msg.event_id or self.last_event_id
-        kind = msg.WhichOneof("payload")
+        kind = self._note(msg)
         if kind == "chunk":
             return chunk_from_proto(msg.chunk, self.job_id, msg.event_id)
         if kind == "result":
@@ -259,6 +266,31 @@ class StreamState:
                            if isinstance(msg, understanding_pb2.UnderstandResponse)
                            else result_from_proto(msg.result, self.job_id))
         return None
+
+
+class JobStreamView(Generic[_Item, _Result]):
+    """The job side of a sync or async call stream, read from its `_state`: how messages become
+    items, the job id, where to resume, and the result."""
+
+    _state: _JobStreamState[_Item, _Result]
+
+    def _convert(self, msg: Any) -> _Item | None:
+        return self._state.feed(msg)
+
+    @property
+    def job_id(self) -> str:
+        """Id of the job behind the stream ("" until the first message arrived)."""
+        return self._state.job_id
+
+    @property
+    def last_event_id(self) -> str:
+        """Event id of the last message received: where to resume from."""
+        return self._state.last_event_id
+
+    @property
+    def result(self) -> _Result | None:
+        """The final result once the stream finished; None before that or if it was cancelled."""
+        return self._state.result
 
 
 def is_cancelled(e: grpc.RpcError) -> bool:

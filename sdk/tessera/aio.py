@@ -15,7 +15,7 @@ import grpc
 import grpc.aio
 
 from tessera import _common
-from tessera._common import ClientConfig, ImageParams, ImageStreamState, StreamState, TextParams
+from tessera._common import ClientConfig, ImageParams, ImageStreamState, JobStreamView, StreamState, TextParams
 from tessera._version import __version__
 from tessera.errors import from_rpc_error
 from tessera.types import ImageProgress, ImageResult, TextChunk, TextResult, result_from_proto
@@ -87,56 +87,23 @@ class _AsyncCallStream(Generic[_Msg, _Out]):
             self.cancel()
 
 
-class AsyncTextStream(_AsyncCallStream[Any, TextChunk]):
+class AsyncTextStream(JobStreamView[TextChunk, TextResult], _AsyncCallStream[Any, TextChunk]):
     """`async for` over TextChunks; afterwards `.result` holds the summary (see `tessera.TextStream`)."""
 
     def __init__(self, call: Any) -> None:
         super().__init__(call)
         self._state = StreamState()
 
-    def _convert(self, msg: Any) -> TextChunk | None:
-        return self._state.feed(msg)
-
-    @property
-    def job_id(self) -> str:
-        """Id of the job behind the stream ("" until the first message arrived)."""
-        return self._state.job_id
-
-    @property
-    def last_event_id(self) -> str:
-        """Event id of the last message received: where to resume from."""
-        return self._state.last_event_id
-
-    @property
-    def result(self) -> TextResult | None:
-        """The final result once the stream finished; None before that or if it was cancelled."""
-        return self._state.result
-
     async def __aenter__(self) -> AsyncTextStream:
         return self
 
 
-class AsyncImageStream(_AsyncCallStream[Any, ImageProgress]):
+class AsyncImageStream(JobStreamView[ImageProgress, ImageResult], _AsyncCallStream[Any, ImageProgress]):
     """`async for` over ImageProgress; afterwards `.result` holds the image (see `tessera.ImageStream`)."""
 
     def __init__(self, call: Any) -> None:
         super().__init__(call)
         self._state = ImageStreamState()
-
-    def _convert(self, msg: Any) -> ImageProgress | None:
-        return self._state.feed(msg)
-
-    @property
-    def job_id(self) -> str:
-        return self._state.job_id
-
-    @property
-    def last_event_id(self) -> str:
-        return self._state.last_event_id
-
-    @property
-    def result(self) -> ImageResult | None:
-        return self._state.result
 
     async def wait(self, on_progress: Callable[[ImageProgress], None] | None = None) -> ImageResult:
         """Consume the stream (calling `on_progress` per event) and return the image."""

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import grpc
 
 from tessera import _common
-from tessera._common import ClientConfig, ImageParams, ImageStreamState, StreamState, TextParams
+from tessera._common import ClientConfig, ImageParams, ImageStreamState, JobStreamView, StreamState, TextParams
 from tessera._version import __version__
 from tessera.errors import from_rpc_error
 from tessera.types import ImageProgress, ImageResult, TextChunk, TextResult, result_from_proto
@@ -74,7 +74,7 @@ class _CallStream(Generic[_Msg, _Out]):
             self.cancel()
 
 
-class TextStream(_CallStream[Any, TextChunk]):
+class TextStream(JobStreamView[TextChunk, TextResult], _CallStream[Any, TextChunk]):
     """Iterate for TextChunks as text becomes final; afterwards `.result` holds the summary.
 
     `.job_id` is known from the first message on, so a dropped stream can be resumed with
@@ -85,51 +85,17 @@ class TextStream(_CallStream[Any, TextChunk]):
         super().__init__(call)
         self._state = StreamState()
 
-    def _convert(self, msg: Any) -> TextChunk | None:
-        return self._state.feed(msg)
-
-    @property
-    def job_id(self) -> str:
-        """Id of the job behind the stream ("" until the first message arrived)."""
-        return self._state.job_id
-
-    @property
-    def last_event_id(self) -> str:
-        """Event id of the last message received: where to resume from."""
-        return self._state.last_event_id
-
-    @property
-    def result(self) -> TextResult | None:
-        """The final result once the stream finished; None before that or if it was cancelled."""
-        return self._state.result
-
     def __enter__(self) -> TextStream:
         return self
 
 
-class ImageStream(_CallStream[Any, ImageProgress]):
+class ImageStream(JobStreamView[ImageProgress, ImageResult], _CallStream[Any, ImageProgress]):
     """Iterate for ImageProgress (patches done / total, optional preview); afterwards `.result` holds the
     image. `.job_id` and `.last_event_id` resume a dropped stream through `Client.watch_job`."""
 
     def __init__(self, call: Any) -> None:
         super().__init__(call)
         self._state = ImageStreamState()
-
-    def _convert(self, msg: Any) -> ImageProgress | None:
-        return self._state.feed(msg)
-
-    @property
-    def job_id(self) -> str:
-        return self._state.job_id
-
-    @property
-    def last_event_id(self) -> str:
-        return self._state.last_event_id
-
-    @property
-    def result(self) -> ImageResult | None:
-        """The image once the stream finished; None before that or if it was cancelled."""
-        return self._state.result
 
     def wait(self, on_progress: ProgressCallback | None = None) -> ImageResult:
         """Consume the stream (calling `on_progress` per event) and return the image."""

@@ -78,6 +78,19 @@ def build_app(app: WorkerApp, cfg: ServableConfig) -> serve.Application:
     return serve.deployment(app.deployment_cls, **cfg.deployment.to_serve_kwargs()).bind(cfg)
 
 
+def lenient_proxy_checks() -> dict[str, str]:
+    """Serve kills a proxy that misses 3 readiness checks of 5 s; on a busy laptop or CI box a fresh
+    proxy can take longer to import, and serve.start then fails after 60 s. Raise both timeouts to
+    30 s unless set already. The raylet (and so the Serve controller) inherits them from this
+    process, so call it before ray.init; returns them for a runtime_env too."""
+    for k in _PROXY_CHECK_ENV:
+        os.environ.setdefault(k, "30")
+    return {k: os.environ[k] for k in _PROXY_CHECK_ENV}
+
+
+_PROXY_CHECK_ENV = ("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S")
+
+
 def ensure_serve(grpc_port: int, http_port: int, *, num_cpus: int | None = None, check_path: Path | None = None,
                  servicers: Sequence[str] = ALL_SERVICERS) -> None:
     """Connect to (or start) Ray and make sure Serve runs with its gRPC proxy on `grpc_port` serving
@@ -89,11 +102,7 @@ def ensure_serve(grpc_port: int, http_port: int, *, num_cpus: int | None = None,
                 raise FileNotFoundError(f"model dir {check_path} does not exist (is the checkpoint trained yet?)")
             # Local cluster: make `models`/`services` importable in replicas whatever the cwd.
             env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
-            # Serve kills a proxy that misses 3 readiness checks of 5 s; on a busy laptop a fresh
-            # proxy can take longer to import and serve.start then fails. The raylet (and so the
-            # controller) inherits these from this process; explicit settings win.
-            for k in ("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S"):
-                os.environ.setdefault(k, "30")
+            lenient_proxy_checks()
         ray.init(num_cpus=num_cpus, runtime_env={"env_vars": env} if env else None)
     serve.start(http_options=HTTPOptions(host="0.0.0.0", port=http_port),
                 grpc_options=gRPCOptions(port=grpc_port, grpc_servicer_functions=list(servicers)))
