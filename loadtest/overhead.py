@@ -291,6 +291,12 @@ def format_report(lat: LatencyResult, tp: ThroughputResult, warmup: int) -> str:
         "  CPU ms per job: " + ", ".join(f"{k} {x:.2f}" for k, x in cpu.items())
         + f" (sum {sum(cpu.values()):.2f}; {os.cpu_count()} CPUs shared with everything else on the machine)",
     ]
+    if cpu.get("gateway"):
+        # What the wall number cannot show on a small machine: how many jobs one gateway process
+        # carries per second of its own CPU, i.e. on a core of its own with the rest elsewhere.
+        lines.append(f"  one gateway process per CPU core: {1000 / cpu['gateway']:.0f} jobs/s "
+                     f"(1000 / its {cpu['gateway']:.2f} CPU ms per job); the whole stack on this machine: "
+                     f"{1000 * (os.cpu_count() or 1) / sum(cpu.values()):.0f} jobs/s at most")
     if tp.first_error:
         lines.append(f"  first error: {tp.first_error}")
     return "\n".join(lines)

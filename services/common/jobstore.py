@@ -14,6 +14,8 @@ Keys (prefix `tessera:` by default):
   owner:{owner}          Sorted set of the owner's job ids by creation time (ListJobs).
   dlq:{service}          Dead-letter stream of jobs that exhausted their attempts.
   cancels                Pub/sub channel: job ids to stop now.
+  done:{gateway}         Pub/sub channel of one gateway process: the final event of each job it
+                         waits on (job field `notify`), so unary calls need no blocking read each.
 Every state change goes through one Lua script, so a job ends exactly once and a dispatcher whose
 job was reclaimed (its attempt number is stale: a fencing token) cannot write to it any more.
 Round trips are the gateway's main cost, so each script does all of one step's work: claiming a
@@ -60,9 +62,10 @@ return {1, job_id}
 
 # Move a job to a new state if its state is one of ARGV[1] (comma list) and, when ARGV[2] is not
 # empty, its attempt number equals ARGV[2]. ARGV[3]: new state; ARGV[4]: TTL; ARGV[5]: queue entry
-# id to acknowledge and delete from KEYS[4] when applied ('' = none); ARGV[6..]: events to append,
-# then '|' and hash fields to set. A terminal state also writes its last event to KEYS[3] (final).
-# Returns 1 when applied.
+# id to acknowledge and delete from KEYS[4] when applied ('' = none); ARGV[6]: the job id;
+# ARGV[7..]: events to append, then '|' and hash fields to set. A terminal state also writes its
+# last event to KEYS[3] (final) and publishes "<job id>\n<final entry id>\n<event>" on the job's
+# `notify` channel, if the gateway that submitted it waits there. Returns 1 when applied.
 _TRANSITION = """
 local job, events, final, queue = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local state = redis.call('HGET', job, 'state')
@@ -71,15 +74,17 @@ local ok = false
 for s in string.gmatch(ARGV[1], '[^,]+') do if s == state then ok = true end end
 if not ok then return 0 end
 if ARGV[2] ~= '' and redis.call('HGET', job, 'attempts') ~= ARGV[2] then return 0 end
-local i, last = 6, nil
+local i, last = 7, nil
 while ARGV[i] ~= '|' do
   if ARGV[i] ~= '' then redis.call('XADD', events, '*', 'e', ARGV[i]); last = ARGV[i] end
   i = i + 1
 end
 redis.call('HSET', job, 'state', ARGV[3], unpack(ARGV, i + 1))
 if last and (ARGV[3] == '3' or ARGV[3] == '4' or ARGV[3] == '5') then
-  redis.call('XADD', final, '*', 'e', last)
+  local fid = redis.call('XADD', final, '*', 'e', last)
   redis.call('EXPIRE', final, tonumber(ARGV[4]))
+  local notify = redis.call('HGET', job, 'notify')
+  if notify and notify ~= '' then redis.call('PUBLISH', notify, ARGV[6] .. '\\n' .. fid .. '\\n' .. last) end
 end
 if ARGV[5] ~= '' then
   redis.call('XACK', queue, 'dispatchers', ARGV[5])
@@ -175,12 +180,13 @@ class JobStore:
 
     # ---- gateway side --------------------------------------------------------------------------
     async def submit(self, owner: str, service: str, spec: jobs_pb2.JobSpec, idempotency_key: str = "",
-                     deadline_ms: int = 0) -> tuple[str, bool]:
-        """Enqueue a job; returns (job_id, created). The same owner + key returns the same job."""
-        job_id = new_job_id()
+                     deadline_ms: int = 0, job_id: str = "", notify: str = "") -> tuple[str, bool]:
+        """Enqueue a job; returns (job_id, created). The same owner + key returns the same job (then
+        not `job_id`). `notify`: a pub/sub channel that gets the job's final event (see Completions)."""
+        job_id = job_id or new_job_id()
         idem = f"{self.p}idem:{owner}:{idempotency_key}" if idempotency_key else ""
         fields = ["spec", spec.SerializeToString(), "owner", owner, "service", service,
-                  "idem_key", idempotency_key, "deadline_ms", deadline_ms]
+                  "idem_key", idempotency_key, "deadline_ms", deadline_ms, "notify", notify]
         created, jid = await self._submit(
             keys=[self.job_key(job_id), self.events_key(job_id), f"{self.p}owner:{owner}",
                   self.queue_key(service), idem],
@@ -194,6 +200,19 @@ class JobStore:
     async def list(self, owner: str, offset: int, limit: int) -> list[str]:
         ids = await self.r.zrevrange(f"{self.p}owner:{owner}", offset, offset + limit - 1)
         return [i.decode() for i in ids]
+
+    async def final_event(self, job_id: str) -> tuple[str, jobs_pb2.JobEvent] | None:
+        """The job's final event if it has ended (one non-blocking read), else None."""
+        entries = await self.r.xrange(self.final_key(job_id), count=1)
+        if not entries:
+            return None
+        eid, fields = entries[0]
+        ev = jobs_pb2.JobEvent.FromString(fields[b"e"])
+        ev.event_id = eid.decode()
+        return ev.event_id, ev
+
+    async def exists(self, job_id: str) -> bool:
+        return bool(await self.r.exists(self.job_key(job_id)))
 
     async def events(self, job_id: str, after: str = "0-0", block_ms: int = 5000, final_only: bool = False,
                      ) -> AsyncIterator[tuple[str, jobs_pb2.JobEvent]]:
@@ -229,7 +248,7 @@ class JobStore:
         """Compare-and-set the job's state; `ack` = (service, queue entry id) to retire with it."""
         service, entry_id = ack or ("", "")
         args: list[object] = [",".join(map(str, from_states)), "" if attempt is None else attempt, to, self.ttl_s,
-                              entry_id, *events, "|", "update_ms", now_ms()]
+                              entry_id, job_id, *events, "|", "update_ms", now_ms()]
         for k, v in fields.items():
             args += [k, v]
         keys = [self.job_key(job_id), self.events_key(job_id), self.final_key(job_id),

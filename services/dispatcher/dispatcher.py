@@ -145,7 +145,7 @@ class Dispatcher:
                                    f"a {kind or 'empty'} job cannot run on the {self.service} queue", entry_id)
             return
         outcome = await runner(Attempt(self.store, self.metrics, self.worker, self.service, job_id, attempt, rec,
-                                       timeout, entry_id))
+                                       timeout, entry_id, self.cfg.chunk_linger_ms / 1000))
         if outcome == "retry":
             log.warning("job %s attempt %d: %s worker unavailable; retrying", job_id, attempt, self.service)
         if outcome in ("ok", "failed"):  # the final write retired the queue entry too

@@ -12,6 +12,7 @@ worker was unavailable) or "gone" (cancelled, or reclaimed by another dispatcher
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -30,14 +31,20 @@ class _ChunkWriter:
     """Appends one attempt's events to the job's event stream without waiting on each write:
     events that arrive while a write is in flight go out together in the next one, and whatever
     is left at the end rides along with the result. A slow model pays one round trip per event;
-    a fast one, far fewer."""
+    a fast one, far fewer.
 
-    def __init__(self, store: JobStore, job_id: str, attempt: int, max_tokens: int) -> None:
+    `linger_s` (Kafka's linger.ms): a write waits this long after its first event, so events a
+    fast worker sends back to back share one write, and a job that ends within it writes all its
+    events with its result. It adds at most that much to a watcher's time to first chunk."""
+
+    def __init__(self, store: JobStore, job_id: str, attempt: int, max_tokens: int, linger_s: float = 0.0) -> None:
         self.store, self.job_id, self.attempt, self.max_tokens = store, job_id, attempt, max_tokens
+        self.linger_s = linger_s
         self.pending: list[bytes] = []
         self.tokens = 0  # tokens, or image patches, done so far (the job's progress)
         self.lost = False  # the attempt no longer owns the job (cancelled or reclaimed)
         self._closing = False
+        self._writing = False
         self._task: asyncio.Task[None] | None = None
 
     def add(self, event: bytes, tokens: int) -> None:
@@ -49,17 +56,28 @@ class _ChunkWriter:
             self._task = asyncio.create_task(self._flush())
 
     async def _flush(self) -> None:
+        if self.linger_s > 0:
+            await asyncio.sleep(self.linger_s)
         while self.pending and not self.lost and not self._closing:
             batch, self.pending = self.pending, []
-            if not await self.store.append_chunks(self.job_id, self.attempt, batch, self.tokens,
-                                                  min(1.0, self.tokens / max(1, self.max_tokens))):
+            self._writing = True
+            try:
+                ok = await self.store.append_chunks(self.job_id, self.attempt, batch, self.tokens,
+                                                    min(1.0, self.tokens / max(1, self.max_tokens)))
+            finally:
+                self._writing = False
+            if not ok:
                 self.lost = True
 
     async def drain(self) -> list[bytes]:
-        """Wait for the write in flight; the events not written yet (for the final call)."""
+        """Wait for the write in flight (a lingering one is called off); the events not written
+        yet, for the final call."""
         self._closing = True
+        if self._task is not None and not self._task.done() and not self._writing:
+            self._task.cancel()  # still lingering: nothing taken from `pending` yet
         if self._task is not None:
-            await self._task
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
         rest, self.pending = self.pending, []
         return rest
 
@@ -81,6 +99,7 @@ class Attempt:
     rec: JobRecord
     timeout: float | None
     entry_id: str
+    linger_s: float = 0.0  # see _ChunkWriter
 
     @property
     def created(self) -> float:
@@ -131,7 +150,7 @@ async def _run_tokens(a: Attempt, stream: AsyncIterator, model: str, max_tokens:
     text_parts: list[str] = [await a.streamed_text()] if skip else []  # earlier attempts' text is part of it
     dispatched, first_chunk, last_chunk = time.time(), None, None
     finish = common_pb2.FINISH_REASON_UNSPECIFIED
-    writer = _ChunkWriter(a.store, a.job_id, a.attempt, max_tokens)
+    writer = _ChunkWriter(a.store, a.job_id, a.attempt, max_tokens, a.linger_s)
     try:
         async for msg in stream:
             now = time.time()
@@ -207,7 +226,7 @@ async def run_image(a: Attempt) -> str:
 async def _run_image_stream(a: Attempt, stream: AsyncIterator, model: str, kind: str, seed: int) -> str:
     reported = a.rec.tokens  # patches an earlier attempt already reported: progress never goes back
     dispatched = time.time()
-    writer = _ChunkWriter(a.store, a.job_id, a.attempt, 1)
+    writer = _ChunkWriter(a.store, a.job_id, a.attempt, 1, a.linger_s)
     out = None
     try:
         async for msg in stream:

@@ -81,3 +81,23 @@ def test_a_failed_write_surfaces_on_the_next_chunk() -> None:
         with pytest.raises(ConnectionError):
             w.add(b"b", 2)
     asyncio.run(go())
+
+
+def test_lingering_write_batches_back_to_back_events_and_gives_way_to_the_result() -> None:
+    async def go() -> None:
+        store = GatedStore()
+        store.gate.set()
+        w = _ChunkWriter(store, "j", 1, max_tokens=10, linger_s=0.05)  # type: ignore[arg-type]
+        for i, e in enumerate((b"a", b"b", b"c"), start=1):
+            w.add(e, i)
+            await asyncio.sleep(0)
+        assert store.calls == []  # still lingering
+        await asyncio.sleep(0.1)
+        assert store.calls == [[b"a", b"b", b"c"]]  # one write for all three
+        w2 = _ChunkWriter(store, "j", 1, max_tokens=10, linger_s=0.05)  # type: ignore[arg-type]
+        w2.add(b"x", 1)
+        w2.add(b"y", 2)
+        assert await w2.drain() == [b"x", b"y"]  # ended within the linger: everything rides with the result
+        await asyncio.sleep(0.1)
+        assert store.calls == [[b"a", b"b", b"c"]]  # and nothing was written twice
+    asyncio.run(go())

@@ -80,10 +80,15 @@ class DispatcherConfig:
     heartbeat_ms: int = 3000  # how often a live dispatcher refreshes its jobs' idle time
     max_attempts: int = 3
     retry_backoff_ms: int = 500
+    # How long a job's event write waits for more events to share it (see runners._ChunkWriter):
+    # fewer Redis round trips for fast workers, at most this much later to a watcher.
+    chunk_linger_ms: float = 2.0
 
     def __post_init__(self) -> None:
         if self.max_in_flight <= 0 or self.max_attempts <= 0:
             raise ValueError("max_in_flight and max_attempts must be positive")
+        if not 0 <= self.chunk_linger_ms <= 1000:
+            raise ValueError("chunk_linger_ms must be in [0, 1000]")
         if self.heartbeat_ms * 2 > self.claim_idle_ms:
             raise ValueError("heartbeat_ms must be well below claim_idle_ms (at most half)")
         if unknown := set(self.services) - set(SERVICES):

@@ -16,9 +16,10 @@ import grpc
 import redis.asyncio as aioredis
 from google.rpc import status_pb2
 
-from services.common.jobstore import SERVICE_OF, TERMINAL, JobStore, now_ms
+from services.common.jobstore import SERVICE_OF, TERMINAL, JobStore, new_job_id, now_ms
 from services.common.metrics import Metrics
 from services.common.rpc_errors import RpcError, status_code_of, unavailable
+from services.gateway.completions import Completions
 from services.gateway.config import GatewayConfig
 from services.gateway.validation import (
     check,
@@ -42,8 +43,9 @@ async def guarded(op: Callable[[], Awaitable[T]]) -> T:
 
 
 class DataPlane:
-    def __init__(self, cfg: GatewayConfig, store: JobStore, metrics: Metrics) -> None:
-        self.cfg, self.store, self.metrics = cfg, store, metrics
+    def __init__(self, cfg: GatewayConfig, store: JobStore, metrics: Metrics,
+                 completions: Completions | None = None) -> None:
+        self.cfg, self.store, self.metrics, self.completions = cfg, store, metrics, completions
 
     def _prepare(self, spec: jobs_pb2.JobSpec, field: str) -> jobs_pb2.JobSpec:
         """Validate a spec (field violations name `field`) and fix what every attempt must agree on:
@@ -73,7 +75,8 @@ class DataPlane:
         return out
 
     async def submit(self, owner: str, spec: jobs_pb2.JobSpec, idempotency_key: str = "",
-                     deadline_s: float | None = None, field: str = "") -> tuple[str, bool]:
+                     deadline_s: float | None = None, field: str = "", job_id: str = "",
+                     notify: str = "") -> tuple[str, bool]:
         """Validate and enqueue on the kind's queue; `field` names the request in field violations
         (default `spec.<kind>`)."""
         kind = spec.WhichOneof("kind")
@@ -88,10 +91,45 @@ class DataPlane:
                 else await asyncio.to_thread(self._prepare, spec, field))
         service = SERVICE_OF[kind]
         deadline_ms = now_ms() + int(deadline_s * 1000) if deadline_s else 0
-        job_id, created = await guarded(lambda: self.store.submit(owner, service, spec, idempotency_key, deadline_ms))
+        job_id, created = await guarded(lambda: self.store.submit(owner, service, spec, idempotency_key, deadline_ms,
+                                                                  job_id, notify))
         if created:
             self.metrics.submitted.labels(service).inc()
         return job_id, created
+
+    async def submit_and_wait(self, owner: str, spec: jobs_pb2.JobSpec, idempotency_key: str = "",
+                              deadline_s: float | None = None, field: str = "",
+                              on_submitted: Callable[[str], None] | None = None) -> tuple[str, jobs_pb2.JobEvent]:
+        """Submit, then wait for the job's final event (result or error) without streaming the rest:
+        pushed to this process when it can be (Completions), else one blocking read."""
+        if self.completions is None or not self.completions.listening.is_set():
+            job_id, _ = await self.submit(owner, spec, idempotency_key, deadline_s, field)
+            return job_id, await self._final_by_read(owner, job_id, on_submitted)
+        job_id = new_job_id()
+        self.completions.expect(job_id)
+        try:
+            jid, _ = await self.submit(owner, spec, idempotency_key, deadline_s, field, job_id,
+                                       self.completions.channel)
+        except BaseException:
+            self.completions.forget(job_id)
+            raise
+        if jid != job_id:  # an earlier call's job (same idempotency key): it notifies that call, not this one
+            self.completions.forget(job_id)
+            return jid, await self._final_by_read(owner, jid, on_submitted)
+        if on_submitted is not None:
+            on_submitted(jid)
+        final = await guarded(lambda: self.completions.wait(jid))  # type: ignore[union-attr]
+        if final is None:
+            raise RpcError(grpc.StatusCode.NOT_FOUND, f"job {jid} expired before it ended", reason="JOB_NOT_FOUND")
+        return jid, final[1]
+
+    async def _final_by_read(self, owner: str, job_id: str,
+                             on_submitted: Callable[[str], None] | None) -> jobs_pb2.JobEvent:
+        if on_submitted is not None:
+            on_submitted(job_id)
+        async for ev in self.watch(owner, job_id, check_owner=False, final_only=True):
+            return ev
+        raise RpcError(grpc.StatusCode.NOT_FOUND, f"job {job_id} expired before it ended", reason="JOB_NOT_FOUND")
 
     async def get(self, owner: str, job_id: str) -> jobs_pb2.Job:
         check_job_id(job_id)

@@ -22,6 +22,7 @@ from services.common.metrics import Metrics, poll_queues
 from services.dispatcher.dispatcher import dispatch_all, worker_clients
 from services.dispatcher.worker_client import WorkerClient
 from services.gateway.auth import Authenticator, AuthInterceptor
+from services.gateway.completions import Completions
 from services.gateway.config import SERVICES as QUEUES
 from services.gateway.config import GatewayConfig
 from services.gateway.dataplane import DataPlane
@@ -57,6 +58,7 @@ class Gateway:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     store: JobStore | None = None
     workers: dict[str, WorkerClient] = field(default_factory=dict)
+    completions: Completions | None = None
 
     @property
     def worker(self) -> WorkerClient:
@@ -67,7 +69,9 @@ class Gateway:
         cfg = self.cfg
         self.store = JobStore.from_url(cfg.redis_url, prefix=cfg.key_prefix, ttl_s=cfg.job_ttl_s)
         auth = auth or Authenticator(cfg.auth)
-        plane = DataPlane(cfg, self.store, self.metrics)
+        self.completions = Completions(self.store)
+        self.completions.start()
+        plane = DataPlane(cfg, self.store, self.metrics, self.completions)
         self.server = grpc.aio.server(
             interceptors=[AuthInterceptor(auth, lambda m, c: self.metrics.requests.labels(m.rsplit("/", 1)[-1], c)
                                           .inc())],
@@ -101,6 +105,8 @@ class Gateway:
             await self.health.enter_graceful_shutdown()
             await self.server.stop(self.cfg.grace_s)
         await cancel_all(self.tasks)
+        if self.completions is not None:
+            await self.completions.stop()
         for w in self.workers.values():
             await w.close()
         if self.store is not None:

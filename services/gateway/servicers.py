@@ -81,13 +81,13 @@ class _Base:
 class _JobRunner(_Base):
     """Interactive RPCs: submit a job, then relay its events until its result (or error)."""
 
-    async def _run(self, spec: jobs_pb2.JobSpec, idempotency_key: str, ctx: grpc.aio.ServicerContext,
-                   final_only: bool = False) -> AsyncIterator[tuple[str, jobs_pb2.JobEvent]]:
+    async def _run(self, spec: jobs_pb2.JobSpec, idempotency_key: str,
+                   ctx: grpc.aio.ServicerContext) -> AsyncIterator[tuple[str, jobs_pb2.JobEvent]]:
         owner = self.owner(ctx)
         job_id, _ = await self.plane.submit(owner, spec, idempotency_key, _deadline(ctx), field="request")
         ended = False
         try:
-            async for ev in self.plane.watch(owner, job_id, check_owner=False, final_only=final_only):
+            async for ev in self.plane.watch(owner, job_id, check_owner=False):
                 kind = ev.WhichOneof("kind")
                 if kind == "error":
                     raise error_from_status(ev.error)
@@ -129,11 +129,20 @@ class _JobRunner(_Base):
 class TextGenerationServicer(_JobRunner, text_pb2_grpc.TextGenerationServiceServicer):
     @rpc
     async def Generate(self, req: text_pb2.GenerateRequest, ctx: grpc.aio.ServicerContext) -> Any:
-        async for job_id, ev in self._run(jobs_pb2.JobSpec(text=req.request), req.idempotency_key, ctx,
-                                          final_only=True):
-            if ev.WhichOneof("kind") == "result":
-                return text_pb2.GenerateResponse(job_id=job_id, result=ev.result.text)
-        raise RpcError(grpc.StatusCode.INTERNAL, "job ended without a result")
+        submitted: list[str] = []
+        try:
+            job_id, ev = await self.plane.submit_and_wait(self.owner(ctx), jobs_pb2.JobSpec(text=req.request),
+                                                          req.idempotency_key, _deadline(ctx), "request",
+                                                          submitted.append)
+        except asyncio.CancelledError:  # the caller went away: stop its job, as the streaming calls do
+            if submitted:
+                await asyncio.shield(self._cancel_quietly(submitted[0]))
+            raise
+        if ev.WhichOneof("kind") == "error":
+            raise error_from_status(ev.error)
+        if ev.WhichOneof("kind") != "result":
+            raise RpcError(grpc.StatusCode.INTERNAL, "job ended without a result")
+        return text_pb2.GenerateResponse(job_id=job_id, result=ev.result.text)
 
     @rpc
     @streaming
