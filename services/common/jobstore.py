@@ -146,17 +146,22 @@ class JobRecord:
 
 
 class JobStore:
-    def __init__(self, client: aioredis.Redis, prefix: str = "tessera:", ttl_s: int = 86400) -> None:
+    def __init__(self, client: aioredis.Redis, prefix: str = "tessera:", ttl_s: int = 86400,
+                 block_ms: int = 2000) -> None:
         self.r, self.p, self.ttl_s = client, prefix, ttl_s
+        # Blocking reads must return (empty) well before the client's socket timeout, or a job that
+        # is quiet for that long (queued, a slow step, awaiting reclaim) reads as Redis being down.
+        self.block_ms = block_ms
         self._submit = client.register_script(_SUBMIT)
         self._transition = client.register_script(_TRANSITION)
         self._start = client.register_script(_START)
         self._chunk = client.register_script(_CHUNK)
 
     @classmethod
-    def from_url(cls, url: str, **kw: object) -> JobStore:
-        client = aioredis.from_url(url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=10)
-        return cls(client, **kw)  # type: ignore[arg-type]
+    def from_url(cls, url: str, socket_timeout_s: float = 5.0, **kw: object) -> JobStore:
+        client = aioredis.from_url(url, socket_timeout=socket_timeout_s, socket_connect_timeout=2,
+                                   health_check_interval=10)
+        return cls(client, block_ms=max(1, int(socket_timeout_s * 400)), **kw)  # type: ignore[arg-type]
 
     # ---- key names -----------------------------------------------------------------------------
     def queue_key(self, service: str) -> str:
@@ -214,13 +219,13 @@ class JobStore:
     async def exists(self, job_id: str) -> bool:
         return bool(await self.r.exists(self.job_key(job_id)))
 
-    async def events(self, job_id: str, after: str = "0-0", block_ms: int = 5000, final_only: bool = False,
+    async def events(self, job_id: str, after: str = "0-0", final_only: bool = False,
                      ) -> AsyncIterator[tuple[str, jobs_pb2.JobEvent]]:
         """Events after `after`, following the stream until the job's final event. With
         `final_only`, just that final event (one blocking read however many events came before)."""
         key, last = (self.final_key(job_id), "0-0") if final_only else (self.events_key(job_id), after or "0-0")
         while True:
-            resp = await self.r.xread({key: last}, count=256, block=block_ms)
+            resp = await self.r.xread({key: last}, count=256, block=self.block_ms)
             if not resp:
                 if not await self.r.exists(self.job_key(job_id)):
                     return

@@ -78,7 +78,8 @@ class Dispatcher:
                         self._slot_free.clear()
                         await self._slot_free.wait()
                         continue
-                    resp = await self.store.r.xreadgroup(GROUP, self.name, {q: ">"}, count=free, block=1000)
+                    resp = await self.store.r.xreadgroup(GROUP, self.name, {q: ">"}, count=free,
+                                                       block=min(1000, self.store.block_ms))
                     for _, entries in resp or []:
                         for eid, fields in entries:
                             self._launch(eid.decode(), fields[b"job_id"].decode())

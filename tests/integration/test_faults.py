@@ -111,3 +111,28 @@ def test_store_rejects_writes_from_a_stale_attempt(redis_server) -> None:
         assert not await store.cancel(jid)  # a job ends exactly once
         await store.r.aclose()
     asyncio.run(go())
+
+
+def test_a_quiet_job_is_not_mistaken_for_redis_being_down(redis_server) -> None:
+    """A watcher of a job with no events for longer than the Redis socket timeout (queued, a slow
+    step, awaiting reclaim) keeps waiting: blocking reads end before the socket times out."""
+    async def go() -> None:
+        store = JobStore.from_url(redis_server.url, socket_timeout_s=0.5, prefix=f"q{os.urandom(4).hex()}:")
+        try:
+            job_id, _ = await store.submit("alice", "text", jobs_pb2.JobSpec(
+                text=text_pb2.TextRequest(model="echo", prompt="a")))
+            kinds: list[str] = []
+
+            async def watch() -> None:
+                async for _, ev in store.events(job_id):
+                    kinds.append(ev.WhichOneof("kind"))
+
+            watcher = asyncio.create_task(watch())
+            await asyncio.sleep(1.6)  # three socket timeouts without an event
+            assert not watcher.done()
+            assert await store.cancel(job_id)
+            await asyncio.wait_for(watcher, 5)
+            assert kinds == ["state", "state", "error"]  # QUEUED, CANCELLED, the cancellation status
+        finally:
+            await store.r.aclose()
+    asyncio.run(go())
