@@ -1,6 +1,6 @@
 """Text-to-image and editing with NextStep (brief §2.2, §2.3).
 
-Prompt layout, per CFG row (left-padded to the longest row, `bos` first like the new pipeline):
+Prompt layout, per CFG row (left-padded to the longest row or to `pad_to`, `bos` first like the new pipeline):
     text-to-image  cond:    bos caption[" " positive]  <|image_area|>"{gh}*{gw}" boi
                    uncond:  bos negative               <|image_area|>"{gh}*{gw}" boi
     editing        [image + instruction (+ positive)], [image + negative], [negative]
@@ -70,9 +70,21 @@ def _text(caption: str, suffix: str) -> str:
     return f"{caption} {suffix}" if suffix else caption
 
 
-def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """ids [R, T] and valid [R, T] (False on padding), padded on the left like the reference."""
-    t = max(len(r) for r in rows)
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int,
+             length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """ids [R, T] and valid [R, T] (False on padding), padded on the left like the reference.
+
+    T is the longest row, or `length` when given. Serving passes a length that depends on the request
+    alone (engine batch keys): then a row's layout, hence its positions (which count the padding, as the
+    reference's `position_ids = cache_position` do) and its attention over the padded keys, are the same
+    whatever it is batched with. In exact arithmetic only relative positions matter, but in bfloat16 q/k
+    are rounded after RoPE at their absolute angle, and SDPA sums over the padded length in other blocks:
+    a one-ulp difference that the autoregressive loop, the ODE and CFG amplify into visible pixels.
+    """
+    longest = max(len(r) for r in rows)
+    if length is not None and length < longest:
+        raise ValueError(f"cannot pad rows of up to {longest} tokens to {length}")
+    t = longest if length is None else length
     ids = torch.full((len(rows), t), pad_id, dtype=torch.long)
     valid = torch.zeros((len(rows), t), dtype=torch.bool)
     for i, r in enumerate(rows):
@@ -116,6 +128,10 @@ def generate_tokens(model: NextStep, ids: torch.Tensor, valid: torch.Tensor, bat
     if rows % batch:
         raise ValueError(f"{rows} rows are not a multiple of batch {batch}")
     k = rows // batch
+    # Positions count the left padding (`position_ids = cache_position`); the last token is never fed back.
+    if t + num_tokens - 1 > model.config.max_position_embeddings:
+        raise ValueError(f"{t} prompt positions + {num_tokens} image tokens exceed max_position_embeddings "
+                         f"{model.config.max_position_embeddings}")
     device = model.backbone.embed.weight.device
     ids, valid = ids.to(device), valid.to(device)
     full_valid = torch.cat([valid, torch.ones(rows, num_tokens, dtype=torch.bool, device=device)], dim=1)
@@ -151,15 +167,37 @@ def generate_tokens(model: NextStep, ids: torch.Tensor, valid: torch.Tensor, bat
 
 
 @torch.no_grad()
+def text_to_image_tokens(model: NextStep, encode: Encode, prompts: Sequence[str], grid: tuple[int, int],
+                         gen: GenerationConfig, generator: Generators = None, on_token: TokenHook | None = None,
+                         pad_to: int | None = None) -> torch.Tensor:
+    """Image tokens (B, gh·gw, 64) for B prompts; pad_to: the rows' padded length (see `left_pad`)."""
+    ids, valid = left_pad(t2i_rows(model, encode, prompts, grid, gen), model.config.pad_id, pad_to)
+    return generate_tokens(model, ids, valid, len(prompts), grid[0] * grid[1], gen, generator=generator,
+                           on_token=on_token)
+
+
+@torch.no_grad()
+def edit_image_tokens(model: NextStep, encode: Encode, src: torch.Tensor, instructions: Sequence[str],
+                      in_grid: tuple[int, int], out_grid: tuple[int, int], gen: GenerationConfig,
+                      generator: Generators = None, on_token: TokenHook | None = None,
+                      pad_to: int | None = None) -> torch.Tensor:
+    """Edited image tokens (B, out gh·gw, 64) for source tokens src (B, in gh·gw, 64) + instructions."""
+    if src.shape[0] != len(instructions):
+        raise ValueError(f"{src.shape[0]} images for {len(instructions)} instructions")
+    ids, valid = left_pad(edit_rows(model, encode, instructions, in_grid, out_grid, gen), model.config.pad_id, pad_to)
+    # Placeholder slots in row-major order: rows 0..B-1 then B..2B-1 hold an image; the last B none.
+    image_tokens = torch.cat([src.reshape(-1, src.shape[-1])] * 2)
+    return generate_tokens(model, ids, valid, len(instructions), out_grid[0] * out_grid[1], gen,
+                           image_tokens=image_tokens, generator=generator, on_token=on_token)
+
+
+@torch.no_grad()
 def text_to_image(model: NextStep, vae: ImageTokenizer, encode: Encode, prompts: Sequence[str], height: int = 512,
                   width: int = 512, gen: GenerationConfig | None = None, generator: Generators = None,
                   on_token: TokenHook | None = None) -> torch.Tensor:
     """Images (B, 3, height, width) in [-1, 1]; a list of generators gives each prompt its own noise."""
-    gen = gen or GenerationConfig()
     grid = vae.grid(height, width)
-    ids, valid = left_pad(t2i_rows(model, encode, prompts, grid, gen), model.config.pad_id)
-    tokens = generate_tokens(model, ids, valid, len(prompts), grid[0] * grid[1], gen, generator=generator,
-                             on_token=on_token)
+    tokens = text_to_image_tokens(model, encode, prompts, grid, gen or GenerationConfig(), generator, on_token)
     return vae.decode(tokens, grid)
 
 
@@ -173,10 +211,6 @@ def edit_image(model: NextStep, vae: ImageTokenizer, encode: Encode, images: tor
         raise ValueError(f"{images.shape[0]} images for {len(instructions)} instructions")
     in_grid = vae.grid(images.shape[-2], images.shape[-1])
     out_grid = vae.grid(*out_size) if out_size else in_grid
-    src = vae.encode(images)  # (B, n, 64)
-    ids, valid = left_pad(edit_rows(model, encode, instructions, in_grid, out_grid, gen), model.config.pad_id)
-    # Placeholder slots in row-major order: rows 0..B-1 then B..2B-1 hold an image; the last B none.
-    image_tokens = torch.cat([src.reshape(-1, src.shape[-1])] * 2)
-    tokens = generate_tokens(model, ids, valid, len(instructions), out_grid[0] * out_grid[1], gen,
-                             image_tokens=image_tokens, generator=generator, on_token=on_token)
+    tokens = edit_image_tokens(model, encode, vae.encode(images), instructions, in_grid, out_grid, gen, generator,
+                               on_token)
     return vae.decode(tokens, out_grid)

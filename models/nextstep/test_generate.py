@@ -12,11 +12,13 @@ from models.nextstep.conftest import TINY, encode, tiny_model, tiny_vae
 from models.nextstep.generate import (
     GenerationConfig,
     edit_image,
+    edit_image_tokens,
     edit_rows,
     generate_tokens,
     left_pad,
     t2i_rows,
     text_to_image,
+    text_to_image_tokens,
 )
 from models.nextstep.model import causal_mask
 from models.nextstep.vae import token_layer_norm
@@ -90,3 +92,36 @@ def test_text_to_image_and_edit_end_to_end() -> None:
     edit = GenerationConfig(steps=2, shift=3.2, negative_prompt="Copy original image.")
     out = edit_image(m, vae, encode, imgs.clamp(-1, 1), ["more", "less"], edit, torch.Generator().manual_seed(0))
     assert out.shape == imgs.shape and torch.isfinite(out).all()
+
+
+def test_left_pad_to_a_given_length() -> None:
+    ids, valid = left_pad([[5, 6], [7]], PAD, length=4)
+    assert ids.tolist() == [[PAD, PAD, 5, 6], [PAD, PAD, PAD, 7]]
+    assert valid.tolist() == [[False, False, True, True], [False, False, False, True]]
+    with pytest.raises(ValueError, match="cannot pad rows of up to 2 tokens to 1"):
+        left_pad([[5, 6]], PAD, length=1)
+
+
+def _gens(*seeds: int) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+def test_padded_length_makes_a_request_independent_of_its_batch_mates() -> None:
+    """Serving contract, in bfloat16 where it shows: padded to the longest row (the reference), a short
+    prompt's positions and padded key length follow its longest batch mate, and one-ulp differences
+    grow through the loop; padded to a length of its own (`pad_to`), its tokens are exactly its own."""
+    m = tiny_model(seed=8).to(torch.bfloat16)
+    short, long = "a cat", "a much longer prompt about dogs and cats on a sofa"
+    t2i = GenerationConfig(steps=4, cfg_scale=3.0)
+    alone = text_to_image_tokens(m, encode, [short], (2, 2), t2i, _gens(3), pad_to=96)
+    for prompts, seeds, at in (([short, long], (3, 4), 0), ([long, short], (4, 3), 1)):
+        batched = text_to_image_tokens(m, encode, prompts, (2, 2), t2i, _gens(*seeds), pad_to=96)
+        assert torch.equal(alone[0], batched[at])
+    reference = text_to_image_tokens(m, encode, [short, long], (2, 2), t2i, _gens(3, 4))
+    assert (reference[0] - text_to_image_tokens(m, encode, [short], (2, 2), t2i, _gens(3))[0]).abs().max() > 1e-3
+
+    edit = GenerationConfig(steps=4, cfg_scale=3.0, cfg_img_scale=1.5, negative_prompt="copy")
+    src = torch.randn(2, 4, 64, generator=torch.Generator().manual_seed(0))
+    alone = edit_image_tokens(m, encode, src[:1], [short], (2, 2), (2, 2), edit, _gens(3), pad_to=96)
+    batched = edit_image_tokens(m, encode, src[[1, 0]], [long, short], (2, 2), (2, 2), edit, _gens(4, 3), pad_to=96)
+    assert torch.equal(alone[0], batched[1])

@@ -1,8 +1,9 @@
 """Orthus decoding loops: image generation (T2I and editing) and greedy text (understanding).
 
 All rows of a call (requests x CFG rows) share one batched, KV-cached backbone forward per step.
-Rows are left-padded; each row's positions count only its own tokens, so a row's result does not
-depend on what it is batched with. Image loop (brief §1.2, `_sample_orthus`):
+Rows are left-padded; each row's positions count only its own tokens, and with `pad_to` (serving) the
+padded length is the request's own too, so a row's result does not depend on what it is batched with,
+bit for bit in bfloat16 on CPU (see `Rows`, `patch_embeddings`). Image loop (brief §1.2, `_sample_orthus`):
     prefill(prompt + sep + BOI) -> h;  repeat N times:
         x = head.sample(h rows, CFG) / 0.1   (one latent per request, shared by its CFG rows)
         h = backbone(softVQ(x))              (the same embedding is appended to every CFG row)
@@ -36,12 +37,21 @@ TokenHook = Callable[[list[int | None]], None]  # newest token per row, None onc
 class Rows:
     """R prompt rows decoded together: one left-padded prefill, then one position per step."""
 
-    def __init__(self, model: Orthus, prompts: Sequence[Prompt], extra_capacity: int) -> None:
+    def __init__(self, model: Orthus, prompts: Sequence[Prompt], extra_capacity: int, width: int | None = None) -> None:
+        """width: pad every row to this many tokens (default: the longest row).
+
+        Positions already count each row's own tokens only, but SDPA still reduces over the padded key
+        length in blocks that depend on it: a one-ulp difference in bfloat16 that image sampling
+        amplifies. Serving therefore pads to a length that depends on the request alone.
+        """
         cfg = model.config
         self.model = model
         dev = model.device
         lens = [len(p.ids) for p in prompts]
-        r, width = len(prompts), max(lens)
+        r = len(prompts)
+        if width is not None and width < max(lens):
+            raise ValueError(f"cannot pad rows of up to {max(lens)} tokens to {width}")
+        width = width if width is not None else max(lens)
         pad = cfg.pad_token_id if cfg.pad_token_id is not None else 0
         ids = torch.full((r, width), pad, dtype=torch.long, device=dev)
         self.key_valid = torch.zeros(r, width + extra_capacity, dtype=torch.bool, device=dev)
@@ -71,11 +81,12 @@ class Rows:
 def image_loop(model: Orthus, rows: Sequence[Prompt], guidance: Guidance | None, steps: int,
                generator: Generators = None, num_patches: int | None = None,
                scheduler: DDIMScheduler | DDPMScheduler | None = None,
-               on_patch: PatchHook | None = None) -> torch.Tensor:
+               on_patch: PatchHook | None = None, pad_to: int | None = None) -> torch.Tensor:
     """Generate one image's latents [B, N, latent_dim] per request.
 
     rows: group-major CFG rows, len = guidance.rows * B (e.g. [cond_0..cond_B-1, uncond_0..uncond_B-1]).
     on_patch: called after each patch (progress reporting and cancellation in the image worker).
+    pad_to: left-pad the rows as given to this many tokens (see `Rows`); default: the longest row.
     """
     cfg = model.config
     groups = guidance.rows if guidance is not None else 1
@@ -83,7 +94,8 @@ def image_loop(model: Orthus, rows: Sequence[Prompt], guidance: Guidance | None,
         raise ValueError(f"{len(rows)} rows do not split into {groups} CFG groups")
     n = num_patches or cfg.image_seq_length
     scheduler = scheduler or make_scheduler("ddim")
-    state = Rows(model, [Prompt([*p.ids, cfg.boi_token_id], p.latents) for p in rows], extra_capacity=n)
+    width = None if pad_to is None else pad_to + 1  # every row gains the BOI
+    state = Rows(model, [Prompt([*p.ids, cfg.boi_token_id], p.latents) for p in rows], extra_capacity=n, width=width)
     table = model.backbone.embed.weight
     out: list[torch.Tensor] = []
     for k in range(n):
@@ -93,8 +105,20 @@ def image_loop(model: Orthus, rows: Sequence[Prompt], guidance: Guidance | None,
         if on_patch is not None:
             on_patch(k + 1, z)
         if k + 1 < n:  # the last patch needs no further backbone step
-            state.step(model.vision(z, table).repeat(groups, 1))
+            state.step(patch_embeddings(model, z, table).repeat(groups, 1))
     return torch.stack(out, dim=1)
+
+
+def patch_embeddings(model: Orthus, z: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Soft-VQ embeddings [B, D] of the newest patches z [B, C], one request at a time.
+
+    The soft-VQ distances and mix are float32 matmuls over the codebook, and CPU BLAS picks its kernel
+    by row count (MKL: another path below 4 rows), so a request alone and the same request in a batch
+    differed in the last bits (~1e-4 once cast to bfloat16), which the next patches amplified (20/255
+    pixels on the trained checkpoint). Row by row costs B small matmuls per patch, nothing next to the
+    backbone step.
+    """
+    return torch.cat([model.vision(z[i:i + 1], table) for i in range(z.shape[0])])
 
 
 def banned_text_tokens(model: Orthus) -> torch.Tensor:

@@ -76,33 +76,36 @@ class Orthus(nn.Module):
     def generate_image(self, prompts: Sequence[Prompt], uncond: Prompt | None = None, guidance_scale: float = 5.0,
                        steps: int = 100, generator: Generators = None, num_patches: int | None = None,
                        scheduler: DDIMScheduler | DDPMScheduler | None = None,
-                       on_patch: PatchHook | None = None) -> torch.Tensor:
+                       on_patch: PatchHook | None = None, pad_to: int | None = None) -> torch.Tensor:
         """Latents [B, N, latent_dim] (VQ feature space) for B text prompts.
 
         uncond: the unconditional prompt (the original uses "Generate an image." + sep); None runs
         without CFG. The defaults (scale 5, 100 DDIM steps) are the T2I script's (brief §1.2).
+        pad_to: the prompts' padded length (`image_loop`); default: the longest prompt.
         """
         if uncond is None:
-            return image_loop(self, list(prompts), None, steps, generator, num_patches, scheduler, on_patch)
+            return image_loop(self, list(prompts), None, steps, generator, num_patches, scheduler, on_patch, pad_to)
         rows = [*prompts, *[uncond] * len(prompts)]  # group-major: all cond rows, then all uncond rows
-        return image_loop(self, rows, CFG(guidance_scale), steps, generator, num_patches, scheduler, on_patch)
+        return image_loop(self, rows, CFG(guidance_scale), steps, generator, num_patches, scheduler, on_patch,
+                          pad_to)
 
     def edit_image(self, images: Sequence[torch.Tensor], instructions: Sequence[Sequence[int]],
                    text_scale: float = 1.0, image_scale: float = 1.0, steps: int = 100,
                    generator: Generators = None, num_patches: int | None = None,
                    scheduler: DDIMScheduler | DDPMScheduler | None = None,
-                   on_patch: PatchHook | None = None) -> torch.Tensor:
+                   on_patch: PatchHook | None = None, pad_to: int | None = None) -> torch.Tensor:
         """Edited-image latents [B, N, C] for B (source latents [N_src, C], instruction ids) pairs.
 
         The scales default to 1.0 like the original's `cfg_text` / `cfg_image` (brief §1.3), which
-        reduces to the fully conditional row; pass larger values to apply guidance.
+        reduces to the fully conditional row; pass larger values to apply guidance. pad_to: as in
+        `generate_image`, for the rows `edit_rows` builds.
         """
         if len(images) != len(instructions):
             raise ValueError(f"{len(images)} images for {len(instructions)} instructions")
         per_request = [edit_rows(self.config, img, ins) for img, ins in zip(images, instructions, strict=True)]
         rows = [req[g] for g in range(3) for req in per_request]  # group-major
         guidance = Pix2PixCFG(text_scale, image_scale)
-        return image_loop(self, rows, guidance, steps, generator, num_patches, scheduler, on_patch)
+        return image_loop(self, rows, guidance, steps, generator, num_patches, scheduler, on_patch, pad_to)
 
     def understand(self, prompts: Sequence[Prompt], max_new_tokens: int = 512,
                    on_token: TokenHook | None = None) -> list[list[int]]:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from models.orthus.conftest import text_ids
+from models.orthus.conftest import text_ids, tiny_orthus
 from models.orthus.generate import Rows
 from models.orthus.model import Orthus
 from models.orthus.prompt import build_prompt
@@ -63,3 +64,22 @@ def test_generation_is_seeded(model: Orthus) -> None:
     c = model.generate_image([prompt], uncond, steps=STEPS, generator=torch.Generator().manual_seed(6))
     assert torch.equal(a, b) and not torch.allclose(a, c)
     assert torch.isfinite(a).all()
+
+
+def test_padded_length_makes_a_request_independent_of_its_batch_mates() -> None:
+    """Serving contract, in bfloat16 where it shows: positions already count each row's own tokens, but
+    SDPA reduces over the padded key length in other blocks, and one-ulp differences grow through the
+    loop; padded to a length of its own (`pad_to`), each request's latents are exactly its own."""
+    model = tiny_orthus().to(torch.bfloat16)
+    cfg = model.config
+    prompts = [build_prompt(cfg, text_ids(n, s)) for s, n in enumerate((2, 9, 4, 15, 3, 7, 11, 5))]
+    uncond = build_prompt(cfg)
+    batched = model.generate_image(prompts, uncond, 3.0, STEPS, _gens(*range(8)), pad_to=20)
+    reference = model.generate_image(prompts, uncond, 3.0, STEPS, _gens(*range(8)))
+    drift = 0.0
+    for i, p in enumerate(prompts):
+        assert torch.equal(model.generate_image([p], uncond, 3.0, STEPS, _gens(i), pad_to=20)[0], batched[i])
+        drift = max(drift, (model.generate_image([p], uncond, 3.0, STEPS, _gens(i))[0] - reference[i]).abs().max())
+    assert drift > 1e-2  # padded to the batch's longest row, they are not
+    with pytest.raises(ValueError, match="cannot pad rows"):
+        model.generate_image(prompts, uncond, 3.0, STEPS, _gens(*range(8)), pad_to=10)

@@ -1,10 +1,24 @@
 """The image models behind the image and understanding workers, with one calling convention each
 (the conventions of models/bench/image.py, the working reference).
 
-A checkpoint directory holds the model, `tokenizer.json` and the shared VAE in `vae/`. Every request
-in a batch gets its own seeded generator, so an image does not depend on what it was batched with
-(and a retried job repeats it). Rows of one call share steps and guidance scales: the batcher keys
-requests on them.
+A checkpoint directory holds the model, `tokenizer.json` and the shared VAE in `vae/`. Rows of one
+call share steps and guidance scales: the batcher keys requests on them.
+
+An image must not depend on what it was batched with (and a retried job repeats it):
+- every request gets its own seeded generator;
+- its prompt rows are left-padded to `padded_length(job)`, its own length rounded up to the bucket,
+  and the engine batches only requests of one bucket. Padding to the batch's longest row instead
+  gives a row other absolute positions (NextStep counts padding, like the reference) and another
+  padded key length for SDPA, so other rounding, which the autoregressive loop, the sampler and CFG
+  amplify: in bfloat16 a short prompt batched with a long one came out up to 12/255 off on the tiny
+  checkpoints and 83/255 on the trained NextStep. Buckets make that exact, at the price of a few pad
+  tokens per row and of not batching prompts of different buckets together;
+- Orthus embeds fed-back patches one request at a time (`models.orthus.generate.patch_embeddings`);
+- the VAE encodes and decodes one image at a time (see `Loaded`).
+With these, bfloat16 on CPU gives bit-identical images alone and batched. What remains is the kernels'
+own row-count dependence, never padding: float32 BLAS (MKL) takes other paths for few rows, ≈1e-5 on
+the tokens and at most 1/255 after decoding; GPU GEMMs pick tiles by batch size. Removing it would
+take batch-invariant kernels or running each request alone, i.e. giving up batching.
 """
 
 from __future__ import annotations
@@ -17,13 +31,14 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from models.nextstep.generate import GenerationConfig
-from models.nextstep.generate import edit_image as ns_edit
-from models.nextstep.generate import text_to_image as ns_t2i
+from models.nextstep.generate import GenerationConfig, edit_rows, t2i_rows
+from models.nextstep.generate import edit_image_tokens as ns_edit_tokens
+from models.nextstep.generate import text_to_image_tokens as ns_t2i_tokens
 from models.nextstep.model import NextStep
 from models.nextstep.vae import ImageTokenizer, from_uint8, to_uint8
 from models.orthus.model import Orthus
-from models.orthus.prompt import build_prompt
+from models.orthus.prompt import Prompt, build_prompt
+from models.orthus.prompt import edit_rows as orthus_edit_rows
 from models.tokenizer import TextTokenizer
 
 PatchHook = Callable[[int, torch.Tensor], None]  # (patches done, newest tokens [B, C]); may raise to stop
@@ -52,9 +67,17 @@ class ImageJob:
 class ImageBackend(Protocol):
     name: str
 
+    def padded_length(self, job: ImageJob) -> int:
+        """The length the job's prompt rows are padded to: part of its batch key."""
+        ...
+
     def generate(self, jobs: Sequence[ImageJob], hook: PatchHook | None) -> torch.Tensor:
         """Images (B, 3, res, res) in [-1, 1] for jobs of one batch key."""
         ...
+
+
+def round_up(n: int, bucket: int) -> int:
+    return -(-n // bucket) * bucket
 
 
 @dataclass(slots=True)
@@ -69,15 +92,24 @@ class Loaded:
     def grid(self) -> tuple[int, int]:
         return self.vae.grid(self.resolution, self.resolution)
 
+    # The VAE runs one image at a time: its convolutions round differently for another batch size
+    # (bfloat16: up to 5/255 on the tiny checkpoints), and it is cheap next to the autoregressive loop.
+
     def encode_images(self, images: np.ndarray) -> torch.Tensor:
         """uint8 (B, H, W, 3) -> VAE tokens (B, N, C)."""
         p = next(self.vae.parameters())
-        return self.vae.encode(from_uint8(torch.from_numpy(images)).to(p.device, p.dtype))
+        x = from_uint8(torch.from_numpy(images)).to(p.device, p.dtype)
+        return torch.cat([self.vae.encode(x[i:i + 1]) for i in range(x.shape[0])])
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """VAE tokens (B, N, C) -> images (B, 3, res, res) in [-1, 1]."""
+        p = next(self.vae.parameters())
+        tokens = tokens.to(p.device, p.dtype)
+        return torch.cat([self.vae.decode(tokens[i:i + 1], self.grid) for i in range(tokens.shape[0])])
 
     def decode_tokens(self, tokens: torch.Tensor) -> np.ndarray:
         """VAE tokens (B, N, C) -> uint8 (B, res, res, 3)."""
-        p = next(self.vae.parameters())
-        return to_uint8(self.vae.decode(tokens.to(p.device, p.dtype), self.grid)).cpu().numpy()
+        return to_uint8(self.decode(tokens)).cpu().numpy()
 
 
 def load_parts(model_dir: Path, resolution: int, device: str, dtype: torch.dtype) -> Loaded:
@@ -98,53 +130,74 @@ def generators(jobs: Sequence[ImageJob]) -> list[torch.Generator]:
 class OrthusBackend:
     name = "orthus"
 
-    def __init__(self, model: Orthus, parts: Loaded) -> None:
-        self.model, self.parts = model, parts
+    def __init__(self, model: Orthus, parts: Loaded, pad_bucket: int = 32) -> None:
+        self.model, self.parts, self.pad_bucket = model, parts, pad_bucket
         grid = parts.grid
         self.num_patches = grid[0] * grid[1]
 
+    def _rows(self, job: ImageJob) -> list[Prompt]:
+        """The job's CFG rows as `generate_image` / `edit_image` build them (any source: only lengths matter)."""
+        cfg, ids = self.model.config, self.parts.tokenizer.encode(job.text)
+        if job.kind == "t2i":
+            return [build_prompt(cfg, ids), build_prompt(cfg)]
+        return orthus_edit_rows(cfg, torch.zeros(self.num_patches, cfg.latent_dim), ids)
+
+    def padded_length(self, job: ImageJob) -> int:
+        return round_up(max(len(r.ids) for r in self._rows(job)), self.pad_bucket)
+
     def generate(self, jobs: Sequence[ImageJob], hook: PatchHook | None) -> torch.Tensor:
         cfg, j0, enc = self.model.config, jobs[0], self.parts.tokenizer.encode
+        pad_to = max(self.padded_length(j) for j in jobs)  # one value under the engine's batch key
         if j0.kind == "t2i":
             prompts = [build_prompt(cfg, enc(j.text)) for j in jobs]
             z = self.model.generate_image(prompts, build_prompt(cfg), j0.guidance_scale, j0.steps, generators(jobs),
-                                          self.num_patches, on_patch=hook)
+                                          self.num_patches, on_patch=hook, pad_to=pad_to)
         else:
             src = self.parts.encode_images(np.stack([j.source for j in jobs])).to(self.model.device)  # type: ignore[misc]
             z = self.model.edit_image(list(src), [enc(j.text) for j in jobs], j0.guidance_scale,
                                       j0.image_guidance_scale, j0.steps, generators(jobs), self.num_patches,
-                                      on_patch=hook)
-        p = next(self.parts.vae.parameters())
-        return self.parts.vae.decode(z.to(p.device, p.dtype), self.parts.grid)
+                                      on_patch=hook, pad_to=pad_to)
+        return self.parts.decode(z)
 
 
 class NextStepBackend:
     name = "nextstep"
 
-    def __init__(self, model: NextStep, parts: Loaded) -> None:
-        self.model, self.parts = model, parts
+    def __init__(self, model: NextStep, parts: Loaded, pad_bucket: int = 32) -> None:
+        self.model, self.parts, self.pad_bucket = model, parts, pad_bucket
+
+    @staticmethod
+    def _gen(job: ImageJob) -> GenerationConfig:
+        # The tiny models were trained with an empty negative prompt (training/images/nextstep.py).
+        return GenerationConfig(cfg_scale=job.guidance_scale, cfg_img_scale=job.image_guidance_scale or 1.0,
+                                steps=job.steps, negative_prompt="")
+
+    def padded_length(self, job: ImageJob) -> int:
+        m, enc, grid, gen = self.model, self.parts.tokenizer.encode, self.parts.grid, self._gen(job)
+        rows = (t2i_rows(m, enc, [job.text], grid, gen) if job.kind == "t2i"
+                else edit_rows(m, enc, [job.text], grid, grid, gen))
+        return round_up(max(len(r) for r in rows), self.pad_bucket)
 
     def generate(self, jobs: Sequence[ImageJob], hook: PatchHook | None) -> torch.Tensor:
-        j0, enc, res = jobs[0], self.parts.tokenizer.encode, self.parts.resolution
-        # The tiny models were trained with an empty negative prompt (training/images/nextstep.py).
-        gen = GenerationConfig(cfg_scale=j0.guidance_scale, cfg_img_scale=j0.image_guidance_scale or 1.0,
-                               steps=j0.steps, negative_prompt="")
+        j0, enc, grid, gen = jobs[0], self.parts.tokenizer.encode, self.parts.grid, self._gen(jobs[0])
+        pad_to = max(self.padded_length(j) for j in jobs)  # one value under the engine's batch key
         texts = [j.text for j in jobs]
         if j0.kind == "t2i":
-            return ns_t2i(self.model, self.parts.vae, enc, texts, res, res, gen, generators(jobs), on_token=hook)
-        p = next(self.parts.vae.parameters())
-        src = from_uint8(torch.from_numpy(np.stack([j.source for j in jobs]))).to(p.device, p.dtype)  # type: ignore[misc]
-        return ns_edit(self.model, self.parts.vae, enc, src, texts, gen, generators(jobs), on_token=hook)
+            tokens = ns_t2i_tokens(self.model, enc, texts, grid, gen, generators(jobs), hook, pad_to)
+        else:
+            src = self.parts.encode_images(np.stack([j.source for j in jobs]))  # type: ignore[misc]
+            tokens = ns_edit_tokens(self.model, enc, src, texts, grid, grid, gen, generators(jobs), hook, pad_to)
+        return self.parts.decode(tokens)
 
 
 def load_backend(backend: str, model_dir: Path, resolution: int, device: str = "cpu",
-                 dtype: torch.dtype = torch.float32) -> tuple[ImageBackend, Loaded]:
+                 dtype: torch.dtype = torch.float32, pad_bucket: int = 32) -> tuple[ImageBackend, Loaded]:
     from models.nextstep.checkpoint import load_nextstep
     from models.orthus.checkpoint import load_orthus
 
     parts = load_parts(model_dir, resolution, device, dtype)
     if backend == "orthus":
-        return OrthusBackend(load_orthus(model_dir, dtype=dtype, device=device).eval(), parts), parts
+        return OrthusBackend(load_orthus(model_dir, dtype=dtype, device=device).eval(), parts, pad_bucket), parts
     if backend == "nextstep":
-        return NextStepBackend(load_nextstep(model_dir, dtype=dtype, device=device), parts), parts
+        return NextStepBackend(load_nextstep(model_dir, dtype=dtype, device=device), parts, pad_bucket), parts
     raise ValueError(f"unknown image backend {backend!r}")

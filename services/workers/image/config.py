@@ -28,6 +28,10 @@ class ImageModelConfig:
     guidance_scale: float = 3.0  # text CFG (T2I and editing)
     image_guidance_scale: float = 1.5  # image CFG (editing)
     preview_size: int = 16  # side of the low-resolution previews
+    # Prompt rows are left-padded to a multiple of this many tokens, and only requests of one multiple
+    # share a batch, so an image does not depend on its batch mates (backends.py). Larger: fewer
+    # batches split by prompt length, more pad tokens per row; 1: only equal lengths batch together.
+    pad_bucket: int = 32
     torch_threads: int = 1  # intra-op threads per replica; 0 = torch's default (all cores)
     device: str = "cpu"
     dtype: str = "float32"
@@ -45,6 +49,8 @@ class ImageModelConfig:
             v = getattr(self, name)
             if not (math.isfinite(v) and 1.0 <= v <= 20.0):
                 raise ValueError(f"model.{name} must be in [1, 20], got {v}")
+        if self.pad_bucket < 1:
+            raise ValueError(f"model.pad_bucket must be >= 1, got {self.pad_bucket}")
         if not 4 <= self.preview_size <= self.resolution:
             raise ValueError(f"model.preview_size must be in [4, resolution], got {self.preview_size}")
         check_runtime(self.device, self.dtype, self.torch_threads)

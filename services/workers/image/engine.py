@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -48,7 +48,7 @@ class ImageEngine:
         self.backend: ImageBackend | None = None
         self.parts: Loaded | None = None
         self.batcher: MicroBatcher[ImageJob, Rendered] = MicroBatcher(
-            self._run_batch, cfg.batching, key=lambda j: j.batch_key, name="image")
+            self._run_batch, cfg.batching, key=self._batch_key, name="image")
 
     async def start(self) -> None:
         m = self.cfg.model
@@ -57,7 +57,7 @@ class ImageEngine:
         if m.torch_threads:
             torch.set_num_threads(m.torch_threads)
         self.backend, self.parts = await asyncio.to_thread(
-            load_backend, m.backend, m.path, m.resolution, m.device, getattr(torch, m.dtype))
+            load_backend, m.backend, m.path, m.resolution, m.device, getattr(torch, m.dtype), m.pad_bucket)
 
     @property
     def patches_total(self) -> int:
@@ -103,6 +103,13 @@ class ImageEngine:
         return ImageJob(kind, text, s.steps or m.steps, round(s.guidance_scale or m.guidance_scale, 4),
                         round(s.image_guidance_scale or m.image_guidance_scale, 4) if kind == "edit" else 0.0,
                         seed, s.width or m.resolution, s.height or m.resolution, s.preview, source)
+
+    def _batch_key(self, job: ImageJob) -> Hashable:
+        """Requests share a model call when they share its sampling settings and their rows' padded length:
+        that length then depends on the request alone, which keeps its image independent of its batch
+        mates (backends.py)."""
+        assert self.backend is not None, "start() first"
+        return (*job.batch_key, self.backend.padded_length(job))
 
     async def _stream(self, job: ImageJob) -> AsyncIterator[ImageStep | ImageOutput]:
         async for ev in self.batcher.submit(job):

@@ -8,6 +8,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -31,6 +32,11 @@ def image_engine(ckpt: Path, backend: str) -> ImageEngine:
                                                  "model_dir": str(ckpt / f"shapes-{backend}")},
                                        "batching": {"max_batch_size": 8, "max_wait_ms": 50}})
     return ImageEngine(cfg)
+
+
+def _max_pixel_diff(a: bytes, b: bytes) -> int:
+    pa, pb = (np.asarray(Image.open(io.BytesIO(x)).convert("RGB"), dtype=np.int16) for x in (a, b))
+    return int(np.abs(pa - pb).max())
 
 
 async def generate(eng: ImageEngine, prompt: str, **sampling: Any) -> list[w.GenerateImageResponse]:
@@ -58,10 +64,9 @@ def test_batched_generation_streams_progress_and_matches_unbatched(image_checkpo
         assert preview.size == (16, 16) and preview.format == "PNG"
         alone = await generate(eng, prompts[1], seed=1, width=40, height=24)
         assert eng.batcher.batches[-1] == 1
-        if backend == "orthus":  # per-request noise and positions: batching changes nothing
-            assert alone[-1].output.png == outs[1][-1].output.png
-        # NextStep's positions count left padding, as the reference does (image-models.md §2.2), so its rows
-        # depend on the batch's longest prompt; the noise is still per request (seeded, checked below).
+        # Per-request noise and padded length: batching changes nothing but float32 BLAS rounding for
+        # fewer rows (test_batch_invariance.py), at most a grey level or two.
+        assert _max_pixel_diff(alone[-1].output.png, outs[1][-1].output.png) <= 2
         other = await generate(eng, prompts[1], seed=2, width=40, height=24)
         assert other[-1].output.png != alone[-1].output.png
 
