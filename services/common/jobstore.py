@@ -2,8 +2,9 @@
 (claim, stream chunks, finish).
 
 Keys (prefix `tessera:` by default):
-  queue:{service}        Stream of job ids; consumer group `dispatchers`. Entries are deleted once
-                         the job ends, so XLEN minus pending = jobs waiting.
+  queue:{service}        Stream of job ids (small text specs ride along); consumer group
+                         `dispatchers`. Entries are deleted once the job ends, so XLEN minus
+                         pending = jobs waiting.
   job:{id}               Hash: the job record (state, spec, attempts, tokens, result, error, ...).
   job:{id}:events        Stream of JobEvent protos; WatchJob / GenerateStream read it, so any
                          gateway replica can serve any job and clients resume by event id.
@@ -40,6 +41,7 @@ TERMINAL = (jobs_pb2.JOB_STATE_SUCCEEDED, jobs_pb2.JOB_STATE_FAILED, jobs_pb2.JO
 GROUP = "dispatchers"
 # The queue (service) each kind of JobSpec runs on: image generation and editing share the image workers.
 SERVICE_OF = {"text": "text", "image": "image", "edit": "image", "understand": "understanding"}
+INLINE_SPEC_BYTES = 4096
 
 _SUBMIT = """
 local job, events, owner_idx, queue, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -50,13 +52,17 @@ if idem ~= '' then
   redis.call('SET', idem, job_id, 'EX', ttl)
 end
 redis.call('HSET', job, 'id', job_id, 'state', 1, 'create_ms', now, 'update_ms', now, 'attempts', 0,
-           'tokens', 0, 'progress', 0, unpack(ARGV, 7))
+           'tokens', 0, 'progress', 0, unpack(ARGV, 9))
 redis.call('EXPIRE', job, ttl)
 redis.call('XADD', events, '*', 'e', ARGV[5])
 redis.call('EXPIRE', events, ttl)
 redis.call('ZADD', owner_idx, now, job_id)
 redis.call('EXPIRE', owner_idx, ttl)
-redis.call('XADD', queue, '*', 'job_id', job_id, 'service', ARGV[6])
+if ARGV[7] ~= '' then
+  redis.call('XADD', queue, '*', 'job_id', job_id, 'service', ARGV[6], 'spec', ARGV[7], 'deadline_ms', ARGV[8])
+else
+  redis.call('XADD', queue, '*', 'job_id', job_id, 'service', ARGV[6])
+end
 return {1, job_id}
 """
 
@@ -190,13 +196,17 @@ class JobStore:
         not `job_id`). `notify`: a pub/sub channel that gets the job's final event (see Completions)."""
         job_id = job_id or new_job_id()
         idem = f"{self.p}idem:{owner}:{idempotency_key}" if idempotency_key else ""
-        fields = ["spec", spec.SerializeToString(), "owner", owner, "service", service,
+        data = spec.SerializeToString()
+        # A small text spec also rides in the queue entry, so the dispatcher can call the worker
+        # while its claim is in flight (Dispatcher._early_call) instead of after it.
+        inline = data if spec.WhichOneof("kind") == "text" and len(data) <= INLINE_SPEC_BYTES else b""
+        fields = ["spec", data, "owner", owner, "service", service,
                   "idem_key", idempotency_key, "deadline_ms", deadline_ms, "notify", notify]
         created, jid = await self._submit(
             keys=[self.job_key(job_id), self.events_key(job_id), f"{self.p}owner:{owner}",
                   self.queue_key(service), idem],
             args=[job_id, self.ttl_s, now_ms(), f"{self.p}job:", event_bytes(state=jobs_pb2.JOB_STATE_QUEUED),
-                  service, *fields])
+                  service, inline, deadline_ms, *fields])
         return (jid.decode() if isinstance(jid, bytes) else jid), bool(created)
 
     async def get(self, job_id: str) -> JobRecord | None:

@@ -32,8 +32,9 @@ from services.common.aio import cancel_all
 from services.common.jobstore import GROUP, SERVICE_OF, TERMINAL, JobStore, now_ms
 from services.common.metrics import Metrics
 from services.dispatcher.runners import RUNNERS, Attempt
-from services.dispatcher.worker_client import WorkerClient
+from services.dispatcher.worker_client import StartedCall, WorkerClient
 from services.gateway.config import DispatcherConfig
+from tessera.v1 import jobs_pb2
 
 log = logging.getLogger(__name__)
 _REDIS_DOWN = (aioredis.ConnectionError, aioredis.TimeoutError, ConnectionError, OSError)
@@ -82,7 +83,7 @@ class Dispatcher:
                                                        block=min(1000, self.store.block_ms))
                     for _, entries in resp or []:
                         for eid, fields in entries:
-                            self._launch(eid.decode(), fields[b"job_id"].decode())
+                            self._launch(eid.decode(), fields[b"job_id"].decode(), fields)
                     backoff = 0.1
             except _REDIS_DOWN as e:
                 log.warning("dispatcher %s: Redis unavailable (%s); retrying in %.1fs", self.name, e, backoff)
@@ -91,10 +92,10 @@ class Dispatcher:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 
-    def _launch(self, entry_id: str, job_id: str) -> None:
+    def _launch(self, entry_id: str, job_id: str, fields: dict[bytes, bytes] | None = None) -> None:
         if job_id in self.running:
             return
-        task = asyncio.create_task(self._process(entry_id, job_id))
+        task = asyncio.create_task(self._process(entry_id, job_id, fields or {}))
         self.running[job_id] = _Running(task, entry_id)
         self.metrics.in_flight.labels(self.service).set(len(self.running))
         task.add_done_callback(lambda _t: self._forget(job_id))
@@ -105,9 +106,10 @@ class Dispatcher:
         self.metrics.in_flight.labels(self.service).set(len(self.running))
 
     # ---- one job ------------------------------------------------------------------------------------
-    async def _process(self, entry_id: str, job_id: str) -> None:
+    async def _process(self, entry_id: str, job_id: str, fields: dict[bytes, bytes]) -> None:
+        early = self._early_call(job_id, fields)
         try:
-            await self._process_job(entry_id, job_id)
+            await self._process_job(entry_id, job_id, early)
         except asyncio.CancelledError:
             raise
         except _REDIS_DOWN as e:
@@ -115,9 +117,32 @@ class Dispatcher:
             log.warning("job %s: Redis went away mid-job (%s); it will be reclaimed", job_id, e)
         except Exception:
             log.exception("job %s: unexpected dispatcher error", job_id)
+        finally:
+            if early is not None:
+                early.cancel()  # a no-op once the runner read it to the end
 
-    async def _process_job(self, entry_id: str, job_id: str) -> None:
+    def _early_call(self, job_id: str, fields: dict[bytes, bytes]) -> StartedCall | None:
+        """A fresh text job's worker call, started from the spec in its queue entry while the claim
+        is in flight: the claim's round trip leaves the critical path. The claim still decides: a
+        job that ended meanwhile, or is not on its first attempt, drops the call."""
+        data = fields.get(b"spec")
+        if not data or self.service != "text":
+            return None
+        spec = jobs_pb2.JobSpec.FromString(data)
+        if spec.WhichOneof("kind") != "text":
+            return None
+        timeout = None
+        if deadline_ms := int(fields.get(b"deadline_ms", b"0")):
+            timeout = (deadline_ms - now_ms()) / 1000
+            if timeout <= 0:
+                return None
+        return self.worker.start_generate(job_id, spec.text, 0, timeout)
+
+    async def _process_job(self, entry_id: str, job_id: str, early: StartedCall | None = None) -> None:
         attempt, rec = await self.store.claim(job_id)
+        if early is not None and (attempt != 1 or rec is None or rec.tokens):
+            early.cancel()
+            early = None
         if attempt <= 0 or rec is None:  # ended (e.g. cancelled while queued) or expired
             await self.store.done(self.service, entry_id)
             return
@@ -146,7 +171,8 @@ class Dispatcher:
                                    f"a {kind or 'empty'} job cannot run on the {self.service} queue", entry_id)
             return
         outcome = await runner(Attempt(self.store, self.metrics, self.worker, self.service, job_id, attempt, rec,
-                                       timeout, entry_id, self.cfg.chunk_linger_ms / 1000))
+                                       timeout, entry_id, self.cfg.chunk_linger_ms / 1000,
+                                       early.stream if early is not None else None))
         if outcome == "retry":
             log.warning("job %s attempt %d: %s worker unavailable; retrying", job_id, attempt, self.service)
         if outcome in ("ok", "failed"):  # the final write retired the queue entry too

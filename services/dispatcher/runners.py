@@ -16,6 +16,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -100,6 +101,7 @@ class Attempt:
     timeout: float | None
     entry_id: str
     linger_s: float = 0.0  # see _ChunkWriter
+    started: AsyncIterator[Any] | None = None  # the worker call, if the dispatcher already made it
 
     @property
     def created(self) -> float:
@@ -196,7 +198,7 @@ async def run_text(a: Attempt) -> str:
     def result(text: str, finish: int, usage: text_pb2.TextUsage, model: str) -> jobs_pb2.JobResult:
         return jobs_pb2.JobResult(text=text_pb2.TextResult(text=text, finish_reason=finish, usage=usage, model=model))
 
-    stream = a.worker.generate(a.job_id, req, a.rec.tokens, a.timeout)
+    stream = a.started or a.worker.generate(a.job_id, req, a.rec.tokens, a.timeout)
     return await _guarded(a, lambda: _run_tokens(a, stream, req.model, req.params.max_tokens or 128, result))
 
 

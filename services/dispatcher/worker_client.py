@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -23,6 +24,17 @@ class WorkerError(Exception):
     @property
     def retryable(self) -> bool:
         return self.code in RETRYABLE
+
+
+@dataclass(slots=True)
+class StartedCall:
+    """A worker call already on its way, and its messages (WorkerError on failure)."""
+
+    call: Any
+    stream: AsyncIterator[Any]
+
+    def cancel(self) -> None:
+        self.call.cancel()
 
 
 class WorkerClient:
@@ -49,8 +61,9 @@ class WorkerClient:
     def _md(self) -> tuple[tuple[str, str], ...]:
         return (("application", self.application),)
 
-    async def generate(self, job_id: str, req: text_pb2.TextRequest, skip_tokens: int,
-                       timeout: float | None) -> AsyncIterator[worker_pb2.GenerateTextResponse]:
+    def start_generate(self, job_id: str, req: text_pb2.TextRequest, skip_tokens: int,
+                       timeout: float | None) -> StartedCall:
+        """Start the text call now (a grpc.aio call is on its way once created); read it later."""
         p = req.params
         wreq = worker_pb2.GenerateTextRequest(
             job_id=job_id, model=req.model, prompt=req.prompt, max_tokens=p.max_tokens, temperature=p.temperature,
@@ -58,7 +71,12 @@ class WorkerClient:
         for name in ("seed", "tau_add", "tau_act", "tau_conf"):
             if p.HasField(name):
                 setattr(wreq, name, getattr(p, name))
-        async for msg in self._relay(self.text.GenerateText(wreq, timeout=timeout, metadata=self._md)):
+        call = self.text.GenerateText(wreq, timeout=timeout, metadata=self._md)
+        return StartedCall(call, self._relay(call))
+
+    async def generate(self, job_id: str, req: text_pb2.TextRequest, skip_tokens: int,
+                       timeout: float | None) -> AsyncIterator[worker_pb2.GenerateTextResponse]:
+        async for msg in self.start_generate(job_id, req, skip_tokens, timeout).stream:
             yield msg
 
     async def generate_image(self, job_id: str, req: images_pb2.ImageRequest,
