@@ -62,3 +62,13 @@ def test_config_validation() -> None:
         GatewayConfig.from_dict({"prot": 1})
     cfg = GatewayConfig.from_dict({"port": 1234, "dispatcher": {"max_in_flight": 3}})
     assert cfg.port == 1234 and cfg.dispatcher.max_in_flight == 3
+
+
+def test_key_lookup_finds_the_right_key_among_many(monkeypatch: pytest.MonkeyPatch) -> None:
+    keys = ",".join(f"k{i}:{hash_key(f'token-{i}').upper()}" for i in range(2000))  # upper case is accepted
+    monkeypatch.setenv("TESSERA_API_KEYS", keys)
+    auth = Authenticator(AuthConfig())
+    for i in (0, 1234, 1999):
+        assert auth.owner((("authorization", f"Bearer token-{i}"),)) == f"k{i}"
+    with pytest.raises(RpcError):
+        auth.owner((("authorization", "Bearer token-2000"),))
