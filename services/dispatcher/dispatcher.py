@@ -125,8 +125,8 @@ class Dispatcher:
         """A fresh text job's worker call, started from the spec in its queue entry while the claim
         is in flight: the claim's round trip leaves the critical path. The claim still decides: a
         job that ended meanwhile, or is not on its first attempt, drops the call."""
-        data = fields.get(b"spec")
-        if not data or self.service != "text":
+        data = fields.get(b"spec")  # only text specs are inlined (JobStore.submit)
+        if not data:
             return None
         spec = jobs_pb2.JobSpec.FromString(data)
         if spec.WhichOneof("kind") != "text":

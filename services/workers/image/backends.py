@@ -58,10 +58,13 @@ class ImageJob:
     height: int
     preview: bool
     source: np.ndarray | None = None  # edit: uint8 (res, res, 3)
+    # The length its prompt rows are padded to (ImageBackend.padded_length), fixed once when the
+    # request is planned; 0 = not planned yet (the backend works it out).
+    pad_to: int = 0
 
     @property
-    def batch_key(self) -> tuple[str, int, float, float]:
-        return (self.kind, self.steps, self.guidance_scale, self.image_guidance_scale)
+    def batch_key(self) -> tuple[str, int, float, float, int]:
+        return (self.kind, self.steps, self.guidance_scale, self.image_guidance_scale, self.pad_to)
 
 
 class ImageBackend(Protocol):
@@ -147,7 +150,7 @@ class OrthusBackend:
 
     def generate(self, jobs: Sequence[ImageJob], hook: PatchHook | None) -> torch.Tensor:
         cfg, j0, enc = self.model.config, jobs[0], self.parts.tokenizer.encode
-        pad_to = max(self.padded_length(j) for j in jobs)  # one value under the engine's batch key
+        pad_to = max(j.pad_to or self.padded_length(j) for j in jobs)  # one value under the batch key
         if j0.kind == "t2i":
             prompts = [build_prompt(cfg, enc(j.text)) for j in jobs]
             z = self.model.generate_image(prompts, build_prompt(cfg), j0.guidance_scale, j0.steps, generators(jobs),
@@ -180,7 +183,7 @@ class NextStepBackend:
 
     def generate(self, jobs: Sequence[ImageJob], hook: PatchHook | None) -> torch.Tensor:
         j0, enc, grid, gen = jobs[0], self.parts.tokenizer.encode, self.parts.grid, self._gen(jobs[0])
-        pad_to = max(self.padded_length(j) for j in jobs)  # one value under the engine's batch key
+        pad_to = max(j.pad_to or self.padded_length(j) for j in jobs)  # one value under the batch key
         texts = [j.text for j in jobs]
         if j0.kind == "t2i":
             tokens = ns_t2i_tokens(self.model, enc, texts, grid, gen, generators(jobs), hook, pad_to)

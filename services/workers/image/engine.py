@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator, Hashable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -48,7 +48,7 @@ class ImageEngine:
         self.backend: ImageBackend | None = None
         self.parts: Loaded | None = None
         self.batcher: MicroBatcher[ImageJob, Rendered] = MicroBatcher(
-            self._run_batch, cfg.batching, key=self._batch_key, name="image")
+            self._run_batch, cfg.batching, key=lambda j: j.batch_key, name="image")
 
     async def start(self) -> None:
         m = self.cfg.model
@@ -104,14 +104,11 @@ class ImageEngine:
                         round(s.image_guidance_scale or m.image_guidance_scale, 4) if kind == "edit" else 0.0,
                         seed, s.width or m.resolution, s.height or m.resolution, s.preview, source)
 
-    def _batch_key(self, job: ImageJob) -> Hashable:
-        """Requests share a model call when they share its sampling settings and their rows' padded length:
-        that length then depends on the request alone, which keeps its image independent of its batch
-        mates (backends.py)."""
-        assert self.backend is not None, "start() first"
-        return (*job.batch_key, self.backend.padded_length(job))
-
     async def _stream(self, job: ImageJob) -> AsyncIterator[ImageStep | ImageOutput]:
+        assert self.backend is not None, "start() first"
+        # Part of the batch key, worked out once: only requests of one padded length share a model
+        # call, which keeps an image independent of its batch mates (backends.py).
+        job.pad_to = self.backend.padded_length(job)
         async for ev in self.batcher.submit(job):
             if isinstance(ev, Done):
                 r: Rendered = ev.result
