@@ -11,6 +11,7 @@ import hashlib
 import os
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,9 @@ from services.gateway.config import AuthConfig
 
 OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 ANONYMOUS = "anonymous"
+# The key id the interceptor authenticated. grpc.aio runs the interceptor and the handler in the same
+# task per call, so the handler reads it here instead of hashing the bearer token a second time.
+CALLER: ContextVar[str | None] = ContextVar("tessera_caller", default=None)
 
 
 def hash_key(secret: str) -> str:
@@ -107,7 +111,9 @@ class Authenticator:
 
     def owner(self, metadata: Any) -> str:
         """The caller's key id (the call already passed the interceptor)."""
-        return self._lookup(metadata).id if self.cfg.enabled else ANONYMOUS
+        if not self.cfg.enabled:
+            return ANONYMOUS
+        return CALLER.get() or self._lookup(metadata).id
 
     def authenticate(self, metadata: Any) -> str:
         """The caller's key id, charging its rate limit; raises RpcError(UNAUTHENTICATED /
@@ -136,7 +142,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if method.startswith(OPEN_PREFIXES):
             return await continuation(details)
         try:
-            self.auth.authenticate(details.invocation_metadata)
+            CALLER.set(self.auth.authenticate(details.invocation_metadata))
         except RpcError as err:
             if self.on_reject:
                 self.on_reject(method, err.code.name)

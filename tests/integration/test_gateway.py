@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from services.gateway.auth import Authenticator
 from tessera.v1 import jobs_pb2, text_pb2
-from tests.integration.harness import OTHER_KEY, md, stack, wait_for
+from tests.integration.harness import KEY, OTHER_KEY, md, stack, wait_for
 
 PROMPT = "one two three four five six seven eight"
 
@@ -113,6 +115,31 @@ def test_auth_rate_limit_and_owner_isolation(redis_server) -> None:
             with pytest.raises(grpc.aio.AioRpcError) as ei:
                 await s.jobs.ListJobs(jobs_pb2.ListJobsRequest(), metadata=md())
             assert ei.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    run(go())
+
+
+def test_each_call_hashes_its_key_once_and_concurrent_callers_keep_their_owner(redis_server, monkeypatch) -> None:
+    lookups: list[int] = []
+    real = Authenticator._lookup
+
+    def counted(self: Authenticator, metadata: Any) -> Any:
+        lookups.append(1)
+        return real(self, metadata)
+
+    monkeypatch.setattr(Authenticator, "_lookup", counted)
+
+    async def go() -> None:
+        async with stack(redis_server.url, dispatcher=False) as s:
+            submit = jobs_pb2.SubmitJobRequest(spec=jobs_pb2.JobSpec(text=text_req()))
+            subs = await asyncio.gather(*(s.jobs.SubmitJob(submit, metadata=md(KEY if i % 2 else OTHER_KEY))
+                                          for i in range(10)))
+            # The interceptor authenticates; the servicer reuses its answer for the job's owner.
+            assert len(lookups) == 10
+            mine = await s.jobs.ListJobs(jobs_pb2.ListJobsRequest(), metadata=md())
+            theirs = await s.jobs.ListJobs(jobs_pb2.ListJobsRequest(), metadata=md(OTHER_KEY))
+            assert {j.id for j in mine.jobs} == {r.job.id for i, r in enumerate(subs) if i % 2}
+            assert {j.id for j in theirs.jobs} == {r.job.id for i, r in enumerate(subs) if not i % 2}
+            assert len(lookups) == 12
     run(go())
 
 
