@@ -3,8 +3,10 @@
   latency     p50/p99 of the same 4-word request sent directly to the echo worker
               (TextWorkerService.GenerateText, streamed to the end) and through the gateway
               (TextGenerationService.Generate: Redis queue -> dispatcher -> worker -> job event
-              stream -> back). Sequential calls, direct and gateway interleaved (alternating which
+              stream -> back). Sequential calls, direct and gateway interleaved (rotating which
               goes first) so machine noise hits both; added = gateway percentile - direct percentile.
+              Also through a bare grpc.aio relay (forwards Generate to the worker; no auth, Redis or
+              job): what one more Python gRPC hop adds here, the floor under any gateway's number.
   throughput  N Generate calls kept C at a time in flight over a few channels, through ONE gateway
               process; completed jobs per wall second, and CPU milliseconds per job of each process.
 
@@ -25,6 +27,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,12 +57,18 @@ def pct(xs: list[float], q: float) -> float:
 class LatencyResult:
     direct_ms: list[float]
     gateway_ms: list[float]
+    relay_ms: list[float] = field(default_factory=list)  # through a bare grpc.aio relay (the floor)
 
     def summary(self) -> dict[str, float]:
         d50, d99 = pct(self.direct_ms, 50), pct(self.direct_ms, 99)
         g50, g99 = pct(self.gateway_ms, 50), pct(self.gateway_ms, 99)
-        return {"direct_p50_ms": d50, "direct_p99_ms": d99, "gateway_p50_ms": g50, "gateway_p99_ms": g99,
-                "added_p50_ms": g50 - d50, "added_p99_ms": g99 - d99}
+        out = {"direct_p50_ms": d50, "direct_p99_ms": d99, "gateway_p50_ms": g50, "gateway_p99_ms": g99,
+               "added_p50_ms": g50 - d50, "added_p99_ms": g99 - d99}
+        if self.relay_ms:
+            r50, r99 = pct(self.relay_ms, 50), pct(self.relay_ms, 99)
+            out |= {"relay_p50_ms": r50, "relay_p99_ms": r99, "relay_added_p50_ms": r50 - d50,
+                    "relay_added_p99_ms": r99 - d99}
+        return out
 
 
 @dataclass
@@ -112,24 +121,29 @@ async def _gateway_call(stub: text_pb2_grpc.TextGenerationServiceStub, metadata:
 
 
 async def measure_latency(stack: EchoStack, samples: int = 300, warmup: int = 30) -> LatencyResult:
-    """Sequential (concurrency 1) calls, direct and through the gateway, interleaved."""
+    """Sequential (concurrency 1) calls, direct, through the gateway and (when the stack has one)
+    through the bare relay, interleaved in a rotating order."""
+    relay_address = f"127.0.0.1:{stack.relay.port}" if stack.relay is not None else stack.gateway_address
     async with grpc.aio.insecure_channel(stack.worker_address) as wch, \
-            grpc.aio.insecure_channel(stack.gateway_address) as gch:
+            grpc.aio.insecure_channel(stack.gateway_address) as gch, \
+            grpc.aio.insecure_channel(relay_address) as rch:
         worker = worker_pb2_grpc.TextWorkerServiceStub(wch)
         gateway = text_pb2_grpc.TextGenerationServiceStub(gch)
+        relay = text_pb2_grpc.TextGenerationServiceStub(rch)
         md = stack.metadata
-        direct: list[float] = []
-        through: list[float] = []
+        kinds: dict[str, Callable[[], Awaitable[float]]] = {
+            "direct": lambda: _direct_call(worker), "gateway": lambda: _gateway_call(gateway, md)}
+        if stack.relay is not None:
+            kinds["relay"] = lambda: _gateway_call(relay, ())
+        got: dict[str, list[float]] = {k: [] for k in kinds}
+        names = list(kinds)
         for i in range(warmup + samples):
-            # Alternate the order so neither kind always runs right after the other's cleanup.
-            if i % 2:
-                d, g = await _direct_call(worker), await _gateway_call(gateway, md)
-            else:
-                g, d = await _gateway_call(gateway, md), await _direct_call(worker)
-            if i >= warmup:
-                direct.append(d)
-                through.append(g)
-    return LatencyResult(direct, through)
+            # Rotate the order so no kind always runs right after another's cleanup.
+            for k in names[i % len(names):] + names[:i % len(names)]:
+                ms = await kinds[k]()
+                if i >= warmup:
+                    got[k].append(ms)
+    return LatencyResult(got["direct"], got["gateway"], got.get("relay", []))
 
 
 async def _generate_many(stack: EchoStack, requests: int, concurrency: int, channels: int,
@@ -280,6 +294,9 @@ def format_report(lat: LatencyResult, tp: ThroughputResult, warmup: int) -> str:
         f"  {'direct to echo worker':28}{s['direct_p50_ms']:9.2f}{s['direct_p99_ms']:9.2f}",
         f"  {'through the gateway':28}{s['gateway_p50_ms']:9.2f}{s['gateway_p99_ms']:9.2f}",
         f"  {'added by the gateway':28}{s['added_p50_ms']:9.2f}{s['added_p99_ms']:9.2f}",
+        *([f"  {'through a bare relay':28}{s['relay_p50_ms']:9.2f}{s['relay_p99_ms']:9.2f}",
+           f"  {'added by the bare relay':28}{s['relay_added_p50_ms']:9.2f}{s['relay_added_p99_ms']:9.2f}"
+           "   (one grpc.aio hop, no Redis: the floor of any Python gateway here)"] if lat.relay_ms else []),
         f"  target added p50 <= {TARGET_ADDED_P50_MS:g} ms: {_mark(v['added_p50'])}   "
         f"added p99 <= {TARGET_ADDED_P99_MS:g} ms: {_mark(v['added_p99'])}",
         "",
@@ -387,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="event loop of the gateway process (uvloop: an experiment; the gateway ships on asyncio)")
     ap.add_argument("--dispatchers", type=int, default=0,
                     help="run N dispatcher processes beside the gateway (default 0: inside the gateway process)")
+    ap.add_argument("--relay", action=argparse.BooleanOptionalAction, default=True,
+                    help="also time a bare grpc.aio relay to the worker, the floor of the added latency")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     a = ap.parse_args(argv)
     if min(a.requests, a.concurrency, a.channels, a.samples) <= 0 or a.warmup < 0:
@@ -395,7 +414,8 @@ def main(argv: list[str] | None = None) -> int:
     # the measurement ends (Ctrl-C cancels the main task, then this finally runs).
     previous = stop_on_signals()
     try:
-        stack = EchoStack.start(max_in_flight=a.max_in_flight, gateway_loop=a.gateway_loop, dispatchers=a.dispatchers)
+        stack = EchoStack.start(max_in_flight=a.max_in_flight, gateway_loop=a.gateway_loop, dispatchers=a.dispatchers,
+                                relay=a.relay)
         try:
             lat, tp, d = asyncio.run(run(a, stack))
         finally:

@@ -135,11 +135,13 @@ class EchoStack:
     api_key: str
     delay_s: float
     dispatchers: list[Child] = field(default_factory=list)  # empty: dispatching runs in the gateway
+    relay: Child | None = None  # a bare forwarding hop (the latency floor of any grpc.aio gateway)
     closed: bool = field(default=False)
 
     @classmethod
     def start(cls, max_in_flight: int = 64, delay_s: float = 0.0, port: int = 0,
-              api_key: str = DEFAULT_KEY, gateway_loop: str = "asyncio", dispatchers: int = 0) -> EchoStack:
+              api_key: str = DEFAULT_KEY, gateway_loop: str = "asyncio", dispatchers: int = 0,
+              relay: bool = False) -> EchoStack:
         from services.common.redis_server import RedisServer
 
         redis = RedisServer().start()
@@ -157,12 +159,15 @@ class EchoStack:
             for _ in range(dispatchers):
                 extra.append(Child("dispatcher", common))
                 children.append(extra[-1])
+            relay_child = Child("relay", ["--worker", f"127.0.0.1:{worker.port}"]) if relay else None
+            if relay_child is not None:
+                children.append(relay_child)
         except BaseException:
             for c in reversed(children):
                 c.stop()
             redis.__exit__(None, None, None)
             raise
-        return cls(redis, worker, gateway, max_in_flight, api_key, delay_s, extra)
+        return cls(redis, worker, gateway, max_in_flight, api_key, delay_s, extra, relay_child)
 
     @property
     def gateway_address(self) -> str:
@@ -190,7 +195,7 @@ class EchoStack:
             return
         self.closed = True
         # Gateway and dispatchers first: they hold Redis connections and channels to the worker.
-        for child in (self.gateway, *self.dispatchers, self.worker):
+        for child in (self.gateway, *self.dispatchers, *([self.relay] if self.relay else []), self.worker):
             with contextlib.suppress(Exception):
                 child.stop()
         self.redis.__exit__(None, None, None)  # stops redis-server and removes its directory
@@ -244,6 +249,44 @@ async def _worker_child(a: argparse.Namespace) -> None:
         await _serve_commands(handle)
     finally:
         await server.stop(0)
+
+
+async def _relay_child(a: argparse.Namespace) -> None:
+    """The cheapest possible gateway, as a floor for the real one: a grpc.aio server whose Generate
+    forwards straight to the worker and returns what it streamed. No auth, validation, Redis, job
+    record or events; what it adds to a direct call is what one more Python gRPC hop costs here."""
+    import grpc
+
+    from services.dispatcher.worker_client import WorkerClient
+    from tessera.v1 import text_pb2, text_pb2_grpc
+
+    worker = WorkerClient(a.worker, "text")
+
+    class Relay(text_pb2_grpc.TextGenerationServiceServicer):
+        async def Generate(self, req: text_pb2.GenerateRequest, ctx: Any) -> text_pb2.GenerateResponse:
+            parts, total = [], 0
+            model = ""
+            async for msg in worker.generate("relay", req.request, 0, ctx.time_remaining()):
+                parts.append(msg.text)
+                total += msg.token_count
+                model = msg.model or model
+            return text_pb2.GenerateResponse(result=text_pb2.TextResult(
+                text="".join(parts), usage=text_pb2.TextUsage(completion_tokens=total), model=model))
+
+    server = grpc.aio.server()
+    text_pb2_grpc.add_TextGenerationServiceServicer_to_server(Relay(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    _say(f"READY {port}")
+
+    async def handle(words: list[str]) -> dict[str, Any]:
+        return {"error": f"unknown command {words[0]!r}"}
+
+    try:
+        await _serve_commands(handle)
+    finally:
+        await server.stop(0)
+        await worker.close()
 
 
 class Probe:
@@ -454,7 +497,8 @@ def _child_main(a: argparse.Namespace) -> None:
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    children = {"worker": _worker_child, "gateway": _gateway_child, "dispatcher": _dispatcher_child}
+    children = {"worker": _worker_child, "gateway": _gateway_child, "dispatcher": _dispatcher_child,
+                "relay": _relay_child}
     asyncio.run(children[a.child](a))
 
 
@@ -485,7 +529,7 @@ def main() -> None:
     # Internal: run as one child of a stack.
     ap.add_argument("--dispatchers", type=int, default=0,
                     help="dispatcher processes of their own (0: dispatch inside the gateway process)")
-    ap.add_argument("--child", choices=["worker", "gateway", "dispatcher"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=["worker", "gateway", "dispatcher", "relay"], help=argparse.SUPPRESS)
     ap.add_argument("--redis-url", help=argparse.SUPPRESS)
     ap.add_argument("--prefix", default="lt:", help=argparse.SUPPRESS)
     ap.add_argument("--in-process-dispatcher", type=int, default=1, help=argparse.SUPPRESS)

@@ -56,6 +56,20 @@ def test_latency_compares_direct_and_gateway_calls(stack: EchoStack) -> None:
     assert s["added_p50_ms"] == pytest.approx(s["gateway_p50_ms"] - s["direct_p50_ms"])
 
 
+def test_the_bare_relay_answers_like_the_gateway_and_is_timed_alongside() -> None:
+    with EchoStack.start(max_in_flight=8, relay=True) as st:
+        assert st.relay is not None and st.relay.proc.poll() is None
+        lat = asyncio.run(measure_latency(st, samples=10, warmup=1))
+        pid = st.relay.proc.pid
+    # _gateway_call checked every relay reply against the prompt; one sample per kind per round.
+    assert len(lat.relay_ms) == len(lat.direct_ms) == len(lat.gateway_ms) == 10
+    s = lat.summary()
+    assert s["relay_p50_ms"] >= s["direct_p50_ms"]  # the relay contains the direct call
+    assert s["relay_added_p50_ms"] == pytest.approx(s["relay_p50_ms"] - s["direct_p50_ms"])
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # stopped with the stack
+
+
 def test_throughput_completes_every_job_and_leaves_the_queue_empty(stack: EchoStack) -> None:
     tp = asyncio.run(measure_throughput(stack, requests=100, concurrency=16, channels=2, warmup=8))
     assert (tp.completed, tp.failed, tp.first_error) == (100, 0, "")
