@@ -348,8 +348,20 @@ class Probe:
                 s[1] += delay
             return await orig_sleep(delay, result)
 
+        from services.common.resp import FastRedis
+
+        orig_fast = FastRedis.execute
+
+        async def fast_execute(self: Any, *args: Any) -> Any:  # the job store's scripts (pipelined client)
+            t = time.perf_counter()
+            try:
+                return await orig_fast(self, *args)
+            finally:
+                probe._add(probe._name(args), time.perf_counter() - t)
+
         self._saved = [(rc.Redis, "execute_command", orig_exec), (rc.Pipeline, "execute", orig_pipe),
-                       (asyncio, "sleep", orig_sleep)]
+                       (asyncio, "sleep", orig_sleep), (FastRedis, "execute", orig_fast)]
+        FastRedis.execute = fast_execute  # type: ignore[method-assign]
         rc.Redis.execute_command = execute_command  # type: ignore[method-assign]
         rc.Pipeline.execute = execute  # type: ignore[method-assign]
         asyncio.sleep = sleep  # type: ignore[assignment]
@@ -363,8 +375,8 @@ class Probe:
         return {"calls": self.calls, "sleeps": self.sleeps}
 
 
-_AREAS = (("redis-py", "redis/"), ("grpc", "grpc/"), ("protobuf", "google/protobuf"), ("tessera services", "services/"),
-          ("asyncio", "asyncio/"))
+_AREAS = (("redis-py", "redis/"), ("pipelined redis", "services/common/resp.py"), ("grpc", "grpc/"),
+          ("protobuf", "google/protobuf"), ("tessera services", "services/"), ("asyncio", "asyncio/"))
 
 
 def _profile_report(prof: cProfile.Profile, wall_s: float, n: int) -> dict[str, Any]:

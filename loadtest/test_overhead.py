@@ -64,7 +64,6 @@ def test_the_bare_relay_answers_like_the_gateway_and_is_timed_alongside() -> Non
     # _gateway_call checked every relay reply against the prompt; one sample per kind per round.
     assert len(lat.relay_ms) == len(lat.direct_ms) == len(lat.gateway_ms) == 10
     s = lat.summary()
-    assert s["relay_p50_ms"] >= s["direct_p50_ms"]  # the relay contains the direct call
     assert s["relay_added_p50_ms"] == pytest.approx(s["relay_p50_ms"] - s["direct_p50_ms"])
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # stopped with the stack

@@ -35,6 +35,7 @@ import redis.asyncio as aioredis
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import status_pb2
 
+from services.common.resp import FastRedis, FastScript
 from tessera.v1 import jobs_pb2
 
 TERMINAL = (jobs_pb2.JOB_STATE_SUCCEEDED, jobs_pb2.JOB_STATE_FAILED, jobs_pb2.JOB_STATE_CANCELLED)
@@ -153,21 +154,29 @@ class JobRecord:
 
 class JobStore:
     def __init__(self, client: aioredis.Redis, prefix: str = "tessera:", ttl_s: int = 86400,
-                 block_ms: int = 2000) -> None:
-        self.r, self.p, self.ttl_s = client, prefix, ttl_s
+                 block_ms: int = 2000, fast: FastRedis | None = None) -> None:
+        self.r, self.p, self.ttl_s, self.fast = client, prefix, ttl_s, fast
         # Blocking reads must return (empty) well before the client's socket timeout, or a job that
         # is quiet for that long (queued, a slow step, awaiting reclaim) reads as Redis being down.
         self.block_ms = block_ms
-        self._submit = client.register_script(_SUBMIT)
-        self._transition = client.register_script(_TRANSITION)
-        self._start = client.register_script(_START)
-        self._chunk = client.register_script(_CHUNK)
+        # The scripts every job runs go over the pipelined connection when there is one (resp.py).
+        script = (lambda text: FastScript(fast, text)) if fast is not None else client.register_script
+        self._submit = script(_SUBMIT)
+        self._transition = script(_TRANSITION)
+        self._start = script(_START)
+        self._chunk = script(_CHUNK)
 
     @classmethod
     def from_url(cls, url: str, socket_timeout_s: float = 5.0, **kw: object) -> JobStore:
         client = aioredis.from_url(url, socket_timeout=socket_timeout_s, socket_connect_timeout=2,
                                    health_check_interval=10)
-        return cls(client, block_ms=max(1, int(socket_timeout_s * 400)), **kw)  # type: ignore[arg-type]
+        fast = FastRedis(url, timeout_s=socket_timeout_s)
+        return cls(client, block_ms=max(1, int(socket_timeout_s * 400)), fast=fast, **kw)  # type: ignore[arg-type]
+
+    async def aclose(self) -> None:
+        await self.r.aclose()
+        if self.fast is not None:
+            await self.fast.aclose()
 
     # ---- key names -----------------------------------------------------------------------------
     def queue_key(self, service: str) -> str:

@@ -110,7 +110,7 @@ class Gateway:
         for w in self.workers.values():
             await w.close()
         if self.store is not None:
-            await self.store.r.aclose()
+            await self.store.aclose()
 
 
 async def serve(cfg: GatewayConfig) -> None:

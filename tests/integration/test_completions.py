@@ -44,7 +44,7 @@ def test_final_event_is_pushed_without_polling(redis_server) -> None:
             assert job_id not in done._waiters  # nothing left behind
         finally:
             await done.stop()
-            await store.r.aclose()
+            await store.aclose()
     asyncio.run(go())
 
 
@@ -62,7 +62,7 @@ def test_lost_message_falls_back_to_the_final_stream(redis_server) -> None:
             done.expect(gone)
             assert await asyncio.wait_for(done.wait(gone), 5) is None
         finally:
-            await store.r.aclose()
+            await store.aclose()
     asyncio.run(go())
 
 

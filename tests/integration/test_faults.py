@@ -109,7 +109,7 @@ def test_store_rejects_writes_from_a_stale_attempt(redis_server) -> None:
         assert await store.cancel(jid)
         assert not await store.append_chunk(jid, second, b"", 2, 0.2)  # cancelled: nobody writes
         assert not await store.cancel(jid)  # a job ends exactly once
-        await store.r.aclose()
+        await store.aclose()
     asyncio.run(go())
 
 
@@ -134,5 +134,5 @@ def test_a_quiet_job_is_not_mistaken_for_redis_being_down(redis_server) -> None:
             await asyncio.wait_for(watcher, 5)
             assert kinds == ["state", "state", "error"]  # QUEUED, CANCELLED, the cancellation status
         finally:
-            await store.r.aclose()
+            await store.aclose()
     asyncio.run(go())

@@ -1,0 +1,105 @@
+"""The pipelined Redis client (services/common/resp.py) against a real redis-server: replies reach the
+right callers however many are in flight, a caller that gives up does not shift the others, scripts
+survive a script-cache flush, and a restart fails what was in flight and then recovers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+from redis import exceptions as rx
+
+from services.common.redis_server import RedisServer
+from services.common.resp import FastRedis, FastScript
+
+
+def test_concurrent_commands_get_their_own_replies(redis_server: RedisServer) -> None:
+    async def go() -> None:
+        r = FastRedis(redis_server.url)
+        key = f"resp:{os.urandom(4).hex()}"
+        # 500 commands issued in one loop iteration go out in one write; each caller gets its reply.
+        got = await asyncio.gather(*(r.execute("ECHO", f"m{i}") for i in range(500)))
+        assert got == [f"m{i}".encode() for i in range(500)]
+        incs = await asyncio.gather(*(r.execute("INCR", key) for _ in range(100)))
+        assert sorted(incs) == list(range(1, 101))
+        assert await r.execute("GET", key) == b"100"
+        assert await r.execute("GET", f"{key}:missing") is None
+        with pytest.raises(rx.ResponseError, match="WRONGTYPE"):
+            await r.execute("LPUSH", key, "x")
+        assert await r.execute("ECHO", "still in step") == b"still in step"  # an error reply keeps the order
+        await r.aclose()
+    asyncio.run(go())
+
+
+def test_a_caller_that_gives_up_does_not_shift_the_replies(redis_server: RedisServer) -> None:
+    async def go() -> None:
+        r = FastRedis(redis_server.url)
+        key = f"resp:empty:{os.urandom(4).hex()}"
+        slow = asyncio.create_task(r.execute("BLPOP", key, "0.3"))  # answers (nil) after 0.3 s
+        await asyncio.sleep(0.05)
+        nxt = asyncio.create_task(r.execute("ECHO", "after"))  # queued behind BLPOP on the connection
+        await asyncio.sleep(0.05)
+        slow.cancel()
+        assert await nxt == b"after"  # not BLPOP's nil
+        assert await r.execute("ECHO", "again") == b"again"
+        await r.aclose()
+    asyncio.run(go())
+
+
+def test_a_silent_server_times_out_and_the_next_call_reconnects(redis_server: RedisServer) -> None:
+    async def go() -> None:
+        r = FastRedis(redis_server.url, timeout_s=0.2)
+        with pytest.raises(rx.TimeoutError):
+            await r.execute("BLPOP", f"resp:none:{os.urandom(4).hex()}", "1")
+        assert await r.execute("ECHO", "fresh") == b"fresh"
+        await r.aclose()
+    asyncio.run(go())
+
+
+def test_scripts_are_loaded_again_after_the_cache_is_flushed(redis_server: RedisServer) -> None:
+    async def go() -> None:
+        r = FastRedis(redis_server.url)
+        script = FastScript(r, "return {KEYS[1], ARGV[1] + 1}")
+        assert await script(keys=["k"], args=[41]) == [b"k", 42]
+        await r.execute("SCRIPT", "FLUSH")
+        results = await asyncio.gather(*(script(keys=[f"k{i}"], args=[i]) for i in range(20)))
+        assert results == [[f"k{i}".encode(), i + 1] for i in range(20)]
+        await r.aclose()
+    asyncio.run(go())
+
+
+def test_restart_fails_in_flight_commands_then_recovers() -> None:
+    async def go(server: RedisServer) -> None:
+        r = FastRedis(server.url, timeout_s=2.0)
+        assert await r.execute("SET", "k", "v") == b"OK"
+        blocked = asyncio.create_task(r.execute("BLPOP", "nothing", "5"))
+        await asyncio.sleep(0.1)
+        server.stop()
+        with pytest.raises(rx.ConnectionError):
+            await blocked
+        with pytest.raises(rx.ConnectionError, match="cannot connect"):
+            await r.execute("PING")
+        server.start()
+        assert await r.execute("PING") == b"PONG"
+        await r.aclose()
+
+    with RedisServer() as server:
+        asyncio.run(go(server))
+
+
+def test_urls_with_database_and_password_are_honoured(redis_server: RedisServer) -> None:
+    async def go() -> None:
+        base = redis_server.url.rsplit("/", 1)[0]
+        r = FastRedis(f"{base}/3")
+        await r.execute("SET", "resp:db", "three")
+        plain = FastRedis(f"{base}/0")
+        assert await plain.execute("GET", "resp:db") is None
+        assert await r.execute("GET", "resp:db") == b"three"
+        with pytest.raises(rx.ResponseError):  # this server has no password: AUTH is refused
+            await FastRedis(redis_server.url.replace("redis://", "redis://:secret@")).execute("PING")
+        await r.aclose()
+        await plain.aclose()
+    with pytest.raises(ValueError, match="scheme"):
+        FastRedis("http://localhost:6379")
+    asyncio.run(go())
