@@ -236,19 +236,26 @@ async def _serve_commands(handle: Callable[[list[str]], Awaitable[dict[str, Any]
         _say(json.dumps(reply))
 
 
+async def _no_commands(words: list[str]) -> dict[str, Any]:
+    return {"error": f"unknown command {words[0]!r}"}
+
+
+async def _serve_until_stdin_closes(server: Any, port: int, *cleanup: Callable[[], Awaitable[None]]) -> None:
+    """For children that take no commands: report ready, serve until the parent closes stdin, stop."""
+    _say(f"READY {port}")
+    try:
+        await _serve_commands(_no_commands)
+    finally:
+        await server.stop(0)
+        for close in cleanup:
+            await close()
+
+
 async def _worker_child(a: argparse.Namespace) -> None:
     from services.workers.echo_worker import start_echo_worker
 
     server, port, _ = await start_echo_worker(0, a.delay_s)
-    _say(f"READY {port}")
-
-    async def handle(words: list[str]) -> dict[str, Any]:
-        return {"error": f"unknown command {words[0]!r}"}
-
-    try:
-        await _serve_commands(handle)
-    finally:
-        await server.stop(0)
+    await _serve_until_stdin_closes(server, port)
 
 
 async def _relay_child(a: argparse.Namespace) -> None:
@@ -277,16 +284,7 @@ async def _relay_child(a: argparse.Namespace) -> None:
     text_pb2_grpc.add_TextGenerationServiceServicer_to_server(Relay(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    _say(f"READY {port}")
-
-    async def handle(words: list[str]) -> dict[str, Any]:
-        return {"error": f"unknown command {words[0]!r}"}
-
-    try:
-        await _serve_commands(handle)
-    finally:
-        await server.stop(0)
-        await worker.close()
+    await _serve_until_stdin_closes(server, port, worker.close)
 
 
 class Probe:
@@ -488,12 +486,8 @@ async def _dispatcher_child(a: argparse.Namespace) -> None:
                                                                           max_in_flight=a.max_in_flight),
                                           Metrics()).run())
     _say("READY 0")
-
-    async def handle(words: list[str]) -> dict[str, Any]:
-        return {"error": f"unknown command {words[0]!r}"}
-
     try:
-        await _serve_commands(handle)
+        await _serve_commands(_no_commands)
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
