@@ -2,6 +2,8 @@
 
 Per backend (Orthus, NextStep; both decode through the shared tiny VAE):
 - t2i_score: mean `score_t2i` of images generated one request at a time (also the latency run);
+- relative_score: mean `score_relation` on held-out relative prompts ("a red circle left of a blue
+  square", GenEval's position task; at most the ~120 the world holds out), batched by 8;
 - edit_success: mean `score_edit`; vqa_accuracy: mean `score_vqa` (None for NextStep, which has no
   understanding path);
 - s_per_image / images_per_s_1: wall time of the one-at-a-time T2I run;
@@ -31,12 +33,14 @@ from models.nextstep.model import NextStep
 from models.nextstep.vae import ImageTokenizer, from_uint8, to_uint8
 from models.orthus.model import Orthus
 from models.orthus.prompt import build_prompt
+from models.training.images.data import IMAGE_SIZE
 from models.worlds import shapes, shapes_score
 
 CKPT = Path(__file__).resolve().parents[1] / "checkpoints"
 BACKENDS = ("orthus", "nextstep")
-SIZE = 32
+SIZE = IMAGE_SIZE  # the shapes checkpoints' native resolution
 CONCURRENCY = 8
+RELATIVE_HELDOUT = 100  # of the ~125 held-out relative prompts
 
 Images = np.ndarray  # (B, H, W, 3) uint8
 
@@ -130,6 +134,7 @@ def load_backend(name: str, checkpoints: Path, device: str = "cpu") -> Backend:
 class Row:
     backend: str
     t2i_score: float
+    relative_score: float
     edit_success: float
     vqa_accuracy: float | None
     s_per_image: float
@@ -163,6 +168,12 @@ def evaluate(b: Backend, problems: int, device: str = "cpu", seed: int = 0) -> R
     t8 = time.perf_counter() - t0
     t2i = float(np.mean([shapes_score.score_t2i(s, img) for s, img in zip(scenes, singles, strict=True)]))
 
+    rels = shapes.relations("heldout", min(problems, RELATIVE_HELDOUT), seed)
+    rel_scores = []
+    for r in _chunks(len(rels), CONCURRENCY):
+        out = b.t2i([rels[i][0].text for i in r], seed + r.start)
+        rel_scores += [shapes_score.score_relation(rels[i][0], img) for i, img in zip(r, out, strict=True)]
+
     edits = shapes.edits("heldout", problems, seed)
     scores = []
     for r in _chunks(problems, CONCURRENCY):
@@ -178,7 +189,8 @@ def evaluate(b: Backend, problems: int, device: str = "cpu", seed: int = 0) -> R
             texts = b.answer(imgs, [qs[i].text for i in r])
             correct += [shapes_score.score_vqa(qs[i], t) for i, t in zip(r, texts, strict=True)]
         vqa = float(np.mean(correct))
-    return Row(b.name, t2i, float(np.mean(scores)), vqa, t1 / problems, problems / t1, problems / t8)
+    return Row(b.name, t2i, float(np.mean(rel_scores)), float(np.mean(scores)), vqa, t1 / problems, problems / t1,
+               problems / t8)
 
 
 def run(problems: int, backends: Sequence[Backend | str], device: str = "cpu",

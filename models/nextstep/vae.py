@@ -73,11 +73,11 @@ def flux_vae_config() -> dict[str, Any]:
     }
 
 
-def tiny_vae_config(channels: int = 8) -> dict[str, Any]:
+def tiny_vae_config(channels: int = 8, sample_size: int = 32) -> dict[str, Any]:
     """Same topology and latent contract (4 levels = f8, 16 latent channels, mid attention), tiny
-    widths for tests and CPU training: a 32×32 image -> 16×4×4 latent -> 2×2 = 4 tokens of 64."""
+    widths for tests and CPU training: a 48×48 image -> 16×6×6 latent -> 3×3 = 9 tokens of 64."""
     return {**flux_vae_config(), "block_out_channels": [channels] * 4, "layers_per_block": 1,
-            "norm_num_groups": min(4, channels), "sample_size": 32}
+            "norm_num_groups": min(4, channels), "sample_size": sample_size}
 
 
 class ImageTokenizer(nn.Module):

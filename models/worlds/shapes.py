@@ -144,6 +144,40 @@ def caption(scene: Scene) -> str:
     return _join(parts)
 
 
+RELATIONS = ("left of", "right of", "above", "below")
+
+
+@dataclass(frozen=True, slots=True)
+class Relation:
+    """A two-object prompt that fixes only their order ("a red circle left of a blue square"), as in
+    GenEval's position task: any scene with exactly these two shapes in that order matches it."""
+
+    first: tuple[str, str]  # (colour, kind), named first
+    relation: str  # one of RELATIONS: first <relation> second
+    second: tuple[str, str]
+
+    @property
+    def text(self) -> str:
+        (c1, k1), (c2, k2) = self.first, self.second
+        return f"{_article(c1)} {c1} {k1} {self.relation} {_article(c2)} {c2} {k2}"
+
+    def holds(self, first: tuple[int, int], second: tuple[int, int]) -> bool:
+        """Whether cells (row, col) `first` and `second` are in this order."""
+        (r1, c1), (r2, c2) = first, second
+        return {"left of": c1 < c2, "right of": c1 > c2, "above": r1 < r2, "below": r1 > r2}[self.relation]
+
+
+def relation_of(rng: random.Random, scene: Scene) -> Relation | None:
+    """A true relative prompt for a two-shape scene whose shapes differ in colour or kind, else None."""
+    if len(scene.shapes) != 2 or (scene.shapes[0].colour, scene.shapes[0].kind) == (
+            scene.shapes[1].colour, scene.shapes[1].kind):
+        return None
+    a, b = scene.shapes if rng.random() < 0.5 else scene.shapes[::-1]
+    rel = Relation((a.colour, a.kind), "", (b.colour, b.kind))
+    true = [r for r in RELATIONS if replace(rel, relation=r).holds(a.cell, b.cell)]
+    return replace(rel, relation=rng.choice(true))
+
+
 def reference(scene: Scene, shape: Shape) -> str | None:
     """The shortest unambiguous name of `shape` in `scene` ("the circle", "the red circle"), or None."""
     if sum(s.kind == shape.kind for s in scene.shapes) == 1:
@@ -299,6 +333,10 @@ def _is_heldout(scene: Scene) -> bool:
     return hashlib.sha256(f"shapes/{scene.key}".encode()).digest()[0] < 26
 
 
+def _is_heldout_text(text: str) -> bool:
+    return hashlib.sha256(f"shapes/text/{text}".encode()).digest()[0] < 26
+
+
 def _check_split(split: str) -> bool:
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
@@ -356,9 +394,31 @@ def questions(split: str, n: int, seed: int = 0) -> list[Question]:
     return out
 
 
+def relations(split: str, n: int, seed: int = 0) -> list[tuple[Relation, Scene]]:
+    """`n` distinct relative prompts with a two-shape scene each that matches them. Prompts are split by
+    their own text as well as by scene, so a held-out prompt was never a training caption."""
+    heldout = _check_split(split)
+    rng = random.Random(f"shapes/relations/{split}/{seed}")
+    out: list[tuple[Relation, Scene]] = []
+    seen: set[Relation] = set()
+    for _ in range(2000 * n):  # there are only ~1200 prompts, ~10 % of them held out
+        if len(out) == n:
+            return out
+        s = make_scene(rng, 2)
+        if _is_heldout(s) != heldout or (rel := relation_of(rng, s)) is None:
+            continue
+        if _is_heldout_text(rel.text) == heldout and rel not in seen:
+            seen.add(rel)
+            out.append((rel, s))
+    if len(out) < n:
+        raise ValueError(f"asked for {n} {split} relative prompts; the world has about {len(out)}")
+    return out
+
+
 def corpus_texts(n: int, seed: int = 0) -> list[str]:
     """Captions, instructions, questions and answers from training data, for training the tokenizer."""
     texts = [caption(s) for s in scenes("train", n, seed)]
+    texts += [r.text for r, _ in relations("train", n // 4, seed)]
     texts += [e.instruction for e in edits("train", n, seed)]
     texts += [f"{q.text} {q.answer}" for q in questions("train", n, seed)]
     return texts

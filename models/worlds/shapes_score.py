@@ -23,7 +23,17 @@ from itertools import permutations
 
 import numpy as np
 
-from models.worlds.shapes import BACKGROUND, GRID, PALETTE, Edit, Question, Scene, answer_matches, shape_extent
+from models.worlds.shapes import (
+    BACKGROUND,
+    GRID,
+    PALETTE,
+    Edit,
+    Question,
+    Relation,
+    Scene,
+    answer_matches,
+    shape_extent,
+)
 
 MIN_COVERAGE = 0.5  # a pixel belongs to a shape when the shape covers at least half of it
 COLOUR_THRESHOLD = 90.0  # farther than this from every palette colour: no colour (a miss)
@@ -175,3 +185,20 @@ def score_edit(edit: Edit, image: np.ndarray) -> float:
 
 def score_vqa(question: Question, text: str) -> float:
     return 1.0 if answer_matches(question, text) else 0.0
+
+
+def relation_checks(rel: Relation, image: np.ndarray) -> dict[str, bool]:
+    """GenEval's position task: exactly the two named objects, in the named order (by grid cell)."""
+    found = detect(image)
+    named = Counter([rel.first, rel.second])
+    firsts = [d for d in found if (d.colour, d.kind) == rel.first]
+    seconds = [d for d in found if (d.colour, d.kind) == rel.second]
+    return {
+        "count": len(found) == 2,
+        "objects": Counter((d.colour, d.kind) for d in found) == named,
+        "relation": any(rel.holds((a.row, a.col), (b.row, b.col)) for a in firsts for b in seconds if a is not b),
+    }
+
+
+def score_relation(rel: Relation, image: np.ndarray) -> float:
+    return 1.0 if all(relation_checks(rel, image).values()) else 0.0

@@ -12,7 +12,16 @@ import pytest
 
 from models.worlds import shapes
 from models.worlds.shapes import Edit, Question, Scene, Shape
-from models.worlds.shapes_score import detect, label_components, score_edit, score_t2i, score_vqa, t2i_checks
+from models.worlds.shapes_score import (
+    detect,
+    label_components,
+    relation_checks,
+    score_edit,
+    score_relation,
+    score_t2i,
+    score_vqa,
+    t2i_checks,
+)
 
 CELLS = [(r, c) for r in range(shapes.GRID) for c in range(shapes.GRID)]
 NAME_TO_CELL = {shapes.cell_name(r, c): (r, c) for r, c in CELLS}
@@ -277,5 +286,41 @@ def test_label_components_matches_bfs() -> None:
 
 def test_corpus_texts_cover_all_tasks() -> None:
     texts = shapes.corpus_texts(50)
-    assert len(texts) == 150 and any(t.startswith("add ") for t in texts) and any("?" in t for t in texts)
+    assert len(texts) == 162 and any(t.startswith("add ") for t in texts) and any("?" in t for t in texts)
+    assert any(" left of " in t for t in texts)
     assert all(texts) and texts == shapes.corpus_texts(50)
+
+
+FLIP = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+
+
+def test_relative_prompts_are_true_of_their_scene_and_split_by_text() -> None:
+    held = shapes.relations("heldout", 100)
+    train = shapes.relations("train", 800)
+    assert {r.text for r, _ in held}.isdisjoint({r.text for r, _ in train})
+    assert {r.relation for r, _ in held} == set(shapes.RELATIONS)
+    for rel, scene in [*held, *train[:200]]:
+        assert re.fullmatch(r"an? \w+ \w+ (left of|right of|above|below) an? \w+ \w+", rel.text), rel.text
+        a, b = [s for s in scene.shapes if (s.colour, s.kind) == rel.first], \
+            [s for s in scene.shapes if (s.colour, s.kind) == rel.second]
+        assert len(scene.shapes) == 2 and len(a) == len(b) == 1 and rel.holds(a[0].cell, b[0].cell)
+        assert not replace(rel, relation=FLIP[rel.relation]).holds(a[0].cell, b[0].cell)
+    with pytest.raises(ValueError, match="the world has about"):
+        shapes.relations("heldout", 1000)
+
+
+def test_relation_scorer_checks_objects_count_and_order() -> None:
+    rels = shapes.relations("heldout", 60)
+    for rel, scene in rels:
+        img = shapes.render(scene, 48)
+        assert score_relation(rel, img) == 1.0
+        assert score_relation(replace(rel, relation=FLIP[rel.relation]), img) == 0.0
+        assert relation_checks(replace(rel, relation=FLIP[rel.relation]), img) == {
+            "count": True, "objects": True, "relation": False}
+    rel, scene = rels[0]
+    free = scene.free_cells()[0]
+    extra = Scene.of([*scene.shapes, Shape("circle", "red", *free)])
+    assert relation_checks(rel, shapes.render(extra, 48))["count"] is False
+    recoloured = Scene.of([replace(scene.shapes[0], colour=next(c for c in shapes.COLOURS if c not in (
+        rel.first[0], rel.second[0]))), scene.shapes[1]])
+    assert relation_checks(rel, shapes.render(recoloured, 48))["objects"] is False

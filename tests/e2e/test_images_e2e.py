@@ -20,6 +20,7 @@ import tessera
 from services.common.images import encode_png
 from services.common.redis_server import RedisServer
 from services.gateway.config import GatewayConfig, ImageLimits
+from services.workers.image.testing import NATIVE, PATCHES
 from tessera.v1 import jobs_pb2
 from tests.integration.harness import KEY, running_gateway
 
@@ -63,11 +64,11 @@ def test_generate_image_streams_ordered_progress_then_a_png(gateway_address: str
         result = client.generate_image("a red circle left of a blue square", width=96, height=64, seed=3,
                                        on_progress=seen.append)
         job = client.get_job(result.job_id)
-    assert [(p.patches_done, p.patches_total) for p in seen] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert [(p.patches_done, p.patches_total) for p in seen] == [(k, PATCHES) for k in range(1, PATCHES + 1)]
     assert all(p.job_id == result.job_id for p in seen)
     img = Image.open(io.BytesIO(result.png))
     assert img.format == "PNG" and img.size == (96, 64) == (result.width, result.height)
-    assert result.model == "tiny" and result.seed == 3 and result.usage.patches == 4 and result.usage.steps == 3
+    assert result.model == "tiny" and result.seed == 3 and result.usage.patches == PATCHES and result.usage.steps == 3
     assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED
     assert job.progress == 1.0 and job.result.image.png == result.png
 
@@ -77,7 +78,7 @@ def test_edit_and_understand_sync_and_async(gateway_address: str, tmp_path: Path
     src.write_bytes(scene_png())
     with tessera.Client(gateway_address, api_key=KEY) as client:
         edited = client.edit_image(src, "make the square green", preview=True)
-        assert Image.open(io.BytesIO(edited.png)).size == (32, 32)  # the model's native resolution
+        assert Image.open(io.BytesIO(edited.png)).size == (NATIVE, NATIVE)  # the model's native resolution
         stream = client.understand(src, "what colour is the square?", max_tokens=5)
         chunks = list(stream)
         answer = stream.result
@@ -88,7 +89,7 @@ def test_edit_and_understand_sync_and_async(gateway_address: str, tmp_path: Path
     async def go() -> None:
         async with tessera.AsyncClient(gateway_address, api_key=KEY) as client:
             results = await asyncio.gather(*(client.generate_image(f"{n} blue squares", seed=n) for n in range(3)))
-            assert all(Image.open(io.BytesIO(r.png)).size == (32, 32) for r in results)
+            assert all(Image.open(io.BytesIO(r.png)).size == (NATIVE, NATIVE) for r in results)
             stream = client.understand(scene_png(), "how many shapes are there?", max_tokens=3)
             texts = [c.text async for c in stream]
             assert stream.result is not None and stream.result.text == "".join(texts)
@@ -101,7 +102,7 @@ def test_cli_image_writes_the_png_with_a_progress_bar(gateway_address: str, tmp_
     run = subprocess.run([sys.executable, "-m", "tessera", "--address", gateway_address, "--api-key", KEY, "image",
                           "a red circle", "--size", "64", "-o", str(out)], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
-    assert "4/4 patches" in run.stderr and f"wrote {out}" in run.stderr
+    assert f"{PATCHES}/{PATCHES} patches" in run.stderr and f"wrote {out}" in run.stderr
     assert Image.open(out).size == (64, 64)
     ask = subprocess.run([sys.executable, "-m", "tessera", "--address", gateway_address, "--api-key", KEY, "ask",
                           str(out), "what colour is the circle?"], capture_output=True, text=True, timeout=120)

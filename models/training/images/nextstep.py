@@ -24,6 +24,7 @@ from models.nextstep.model import NextStep, causal_mask
 from models.nextstep.vae import ImageTokenizer
 from models.training.images.data import (
     BOS_TOKEN,
+    IMAGE_SIZE,
     NEXTSTEP_SPECIALS,
     Example,
     FeatureBank,
@@ -37,7 +38,7 @@ from models.training.images.data import (
 from models.training.loop import TrainConfig, train
 from models.worlds.tokenizer import EOS_TOKEN
 
-GRID = (2, 2)  # 32x32 image / 16 pixels per token
+GRID = (IMAGE_SIZE // 16, IMAGE_SIZE // 16)  # 16 pixels per token: one token per grid cell
 
 
 @dataclass(slots=True)

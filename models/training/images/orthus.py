@@ -30,6 +30,7 @@ from models.orthus.model import Orthus
 from models.orthus.vision import to_head_space
 from models.training.images.data import (
     BOS_TOKEN,
+    IMAGE_SIZE,
     ORTHUS_SPECIALS,
     SEP_TOKEN,
     Example,
@@ -44,7 +45,7 @@ from models.training.images.data import (
 from models.training.loop import TrainConfig, train
 from models.worlds.tokenizer import EOS_TOKEN
 
-NUM_PATCHES = 4  # 32x32 image -> 2x2 VAE tokens
+NUM_PATCHES = (IMAGE_SIZE // 16) ** 2  # 48x48 image -> 3x3 VAE tokens, one per grid cell
 
 
 @dataclass(slots=True)

@@ -75,7 +75,7 @@ def test_nextstep_batches(tok: Any, vae: ImageTokenizer) -> None:
     b = stream.next()
     _check_batch(b, cfg.image_placeholder_id, cfg.boi, cfg.vocab_size)
     assert ((b.ids == cfg.image_area_id).sum(1) >= 1).all()
-    assert b.target_pos.numel() == 4 * b.ids.shape[0]  # every NextStep row generates one 2x2 image
+    assert b.target_pos.numel() == ot.NUM_PATCHES * b.ids.shape[0]  # every NextStep row generates one 3x3 image
 
 
 def _grads_ok(model: torch.nn.Module, loss: torch.Tensor, prefixes: tuple[str, ...]) -> None:
@@ -165,13 +165,13 @@ def test_bench_runs_end_to_end(tok: Any, vae: ImageTokenizer) -> None:
     backends = [bench.orthus_backend(ot.new_model(cfg, bank).eval(), vae, tok, steps=2),
                 bench.nextstep_backend(ns.new_model(cfg_n).eval(), vae, tok, steps=2)]
     rows = bench.run(2, backends, "cpu")
-    keys = {"backend", "t2i_score", "edit_success", "vqa_accuracy", "s_per_image", "images_per_s_1",
+    keys = {"backend", "t2i_score", "relative_score", "edit_success", "vqa_accuracy", "s_per_image", "images_per_s_1",
             "images_per_s_8"}
     assert [r.backend for r in rows] == ["orthus", "nextstep"]
     for r in rows:
         d = dataclasses.asdict(r)
         assert set(d) == keys
-        assert 0.0 <= d["t2i_score"] <= 1.0 and 0.0 <= d["edit_success"] <= 1.0
+        assert 0.0 <= d["t2i_score"] <= 1.0 and 0.0 <= d["relative_score"] <= 1.0 and 0.0 <= d["edit_success"] <= 1.0
         assert d["s_per_image"] > 0 and d["images_per_s_1"] > 0 and d["images_per_s_8"] > 0
     assert rows[0].vqa_accuracy is not None and 0.0 <= rows[0].vqa_accuracy <= 1.0
     assert rows[1].vqa_accuracy is None
@@ -204,8 +204,8 @@ def test_layouts_match_inference_prompts(tok: Any, vae: ImageTokenizer) -> None:
     def enc(s: str) -> list[int]:
         return tok.encode(s).ids
 
-    want_n = [t2i_rows(model, enc, [ex_t2i.text], (2, 2), gen)[0],
-              edit_rows(model, enc, [ex_edit.text], (2, 2), (2, 2), gen)[0]]
+    want_n = [t2i_rows(model, enc, [ex_t2i.text], ns.GRID, gen)[0],
+              edit_rows(model, enc, [ex_edit.text], ns.GRID, ns.GRID, gen)[0]]
     for i, w in enumerate(want_n):
         assert rows_n.ids[i, :len(w)].tolist() == w
 
@@ -215,3 +215,22 @@ def test_cli_defaults_are_the_recipes() -> None:
     args = build_parser().parse_args([])
     assert (args.vae_steps, args.orthus_steps, args.nextstep_steps) == (
         tv.VAERecipe().steps, ot.OrthusRecipe().steps, ns.NextStepRecipe().steps)
+
+
+def test_the_documented_command_trains_all_three_side_by_side(tmp_path: Any) -> None:
+    """`python -m models.training.images` end to end at 2 steps: the VAE, then Orthus and NextStep in
+    two child processes; every directory loads on its own (model, tokenizer, vae/)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "models.training.images", "--out", str(tmp_path), "--steps", "2",
+                          "--pool", "12", "--log-every", "1"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "[orthus] step 2/2" in out.stdout + out.stderr and "[nextstep] step 2/2" in out.stdout + out.stderr
+    assert all(f"{name}: " in out.stdout for name in ("vae", "orthus", "nextstep"))
+    load_orthus(tmp_path / "shapes-orthus")
+    load_nextstep(tmp_path / "shapes-nextstep")
+    for name in ("shapes-orthus", "shapes-nextstep"):
+        ImageTokenizer.from_pretrained(tmp_path / name / "vae")
+        shipped = (tmp_path / name / "tokenizer.json").read_bytes()
+        assert shipped == (tmp_path / "shapes-vae" / "tokenizer.json").read_bytes()

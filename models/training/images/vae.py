@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.nextstep.vae import ImageTokenizer, patchify, tiny_vae_config, token_layer_norm, unpatchify
-from models.training.images.data import render_batch
+from models.training.images.data import IMAGE_SIZE, render_batch
 from models.training.loop import TrainConfig, train
 from models.worlds import shapes
 
@@ -49,12 +49,12 @@ class VAERecipe:
 
 def new_tokenizer(channels: int, seed: int = 0) -> ImageTokenizer:
     torch.manual_seed(seed)
-    return ImageTokenizer.from_config(tiny_vae_config(channels))
+    return ImageTokenizer.from_config(tiny_vae_config(channels, IMAGE_SIZE))
 
 
 @dataclass(slots=True)
 class PixelBatch:
-    images: torch.Tensor  # (B, 3, 32, 32) in [-1, 1]
+    images: torch.Tensor  # (B, 3, IMAGE_SIZE, IMAGE_SIZE) in [-1, 1]
 
     def to(self, device: torch.device | str) -> PixelBatch:
         return PixelBatch(self.images.to(device))

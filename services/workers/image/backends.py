@@ -23,6 +23,7 @@ take batch-invariant kernels or running each request alone, i.e. giving up batch
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,13 +116,24 @@ class Loaded:
         return to_uint8(self.decode(tokens)).cpu().numpy()
 
 
+def native_resolution(model_dir: Path) -> int:
+    """The square size a checkpoint was trained at: its VAE's sample_size. The shapes models' tokens each
+    cover one cell of their world, so another size would cut shapes across tokens."""
+    try:
+        return int(json.loads((model_dir / "vae" / "config.json").read_text())["sample_size"])
+    except (OSError, KeyError, ValueError) as e:
+        raise FileNotFoundError(f"{model_dir / 'vae' / 'config.json'} gives no sample_size ({e}); "
+                                "set model.resolution") from e
+
+
 def load_parts(model_dir: Path, resolution: int, device: str, dtype: torch.dtype) -> Loaded:
+    """The VAE and tokenizer of `model_dir`; resolution 0: the checkpoint's own (native_resolution)."""
     for need in ("tokenizer.json", "vae/config.json"):
         if not (model_dir / need).exists():
             raise FileNotFoundError(f"{model_dir / need} not found: an image checkpoint directory holds the model, "
                                     "tokenizer.json and vae/ (python -m models.training.images)")
     vae = ImageTokenizer.from_pretrained(model_dir / "vae", dtype=dtype).to(device).eval()
-    loaded = Loaded(vae, TextTokenizer(model_dir), resolution)
+    loaded = Loaded(vae, TextTokenizer(model_dir), resolution or native_resolution(model_dir))
     loaded.grid  # noqa: B018 - raises now if the resolution does not fit the VAE
     return loaded
 

@@ -22,7 +22,8 @@ class ImageModelConfig:
     name: str = "shapes-orthus"  # the name requests use
     backend: str = "orthus"  # orthus | nextstep
     model_dir: str = "models/checkpoints/shapes-orthus"  # relative = against the repo root; holds vae/ too
-    resolution: int = 32  # the square size the model generates (and edits) at
+    # The square size the model generates (and edits) at; 0: the checkpoint's native size (its VAE's sample_size).
+    resolution: int = 0
     steps: int = 50  # head denoising steps per patch
     max_steps: int = 200
     guidance_scale: float = 3.0  # text CFG (T2I and editing)
@@ -41,8 +42,8 @@ class ImageModelConfig:
             raise ValueError("model.name and model.model_dir must not be empty")
         if self.backend not in BACKENDS:
             raise ValueError(f"model.backend must be one of {BACKENDS}, got {self.backend!r}")
-        if self.resolution < 16 or self.resolution % 16:
-            raise ValueError(f"model.resolution must be a positive multiple of 16, got {self.resolution}")
+        if self.resolution < 0 or self.resolution % 16:
+            raise ValueError(f"model.resolution must be 0 (native) or a positive multiple of 16, got {self.resolution}")
         if not 1 <= self.steps <= self.max_steps:
             raise ValueError(f"model.steps must be in [1, max_steps={self.max_steps}], got {self.steps}")
         for name in ("guidance_scale", "image_guidance_scale"):
@@ -51,8 +52,8 @@ class ImageModelConfig:
                 raise ValueError(f"model.{name} must be in [1, 20], got {v}")
         if self.pad_bucket < 1:
             raise ValueError(f"model.pad_bucket must be >= 1, got {self.pad_bucket}")
-        if not 4 <= self.preview_size <= self.resolution:
-            raise ValueError(f"model.preview_size must be in [4, resolution], got {self.preview_size}")
+        if not 4 <= self.preview_size <= (self.resolution or 16):
+            raise ValueError(f"model.preview_size must be in [4, resolution or 16], got {self.preview_size}")
         check_runtime(self.device, self.dtype, self.torch_threads)
 
     @property

@@ -9,6 +9,7 @@ batch whose callers have all gone stops at its next patch (the progress hook rai
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from models.nextstep.vae import to_uint8
 from services.common.images import ImageError, decode_rgb, encode_png, resize_nearest, shrink
 from services.workers.base import job_seed
 from services.workers.batching import Batch, Done, MicroBatcher
-from services.workers.image.backends import ImageBackend, ImageJob, Loaded, load_backend
+from services.workers.image.backends import ImageBackend, ImageJob, Loaded, load_backend, native_resolution
 from services.workers.image.config import ImageWorkerConfig
 from services.workers.protocol import InvalidRequestError
 from tessera.worker.v1.worker_pb2 import (
@@ -59,6 +60,11 @@ class ImageEngine:
         self.backend, self.parts = await asyncio.to_thread(
             load_backend, m.backend, m.path, m.resolution, m.device, getattr(torch, m.dtype), m.pad_bucket)
 
+    @functools.cached_property
+    def resolution(self) -> int:
+        """The square size the model generates and edits at (config, or the checkpoint's native size)."""
+        return self.cfg.model.resolution or native_resolution(self.cfg.model.path)
+
     @property
     def patches_total(self) -> int:
         assert self.parts is not None, "start() first"
@@ -96,13 +102,13 @@ class ImageEngine:
         source = None
         if kind == "edit":
             try:
-                source = decode_rgb(image, m.resolution)
+                source = decode_rgb(image, self.resolution)
             except ImageError as e:
                 raise InvalidRequestError(f"image {e}") from e
         seed = s.seed if s.HasField("seed") else job_seed(job_id or text)
         return ImageJob(kind, text, s.steps or m.steps, round(s.guidance_scale or m.guidance_scale, 4),
                         round(s.image_guidance_scale or m.image_guidance_scale, 4) if kind == "edit" else 0.0,
-                        seed, s.width or m.resolution, s.height or m.resolution, s.preview, source)
+                        seed, s.width or self.resolution, s.height or self.resolution, s.preview, source)
 
     async def _stream(self, job: ImageJob) -> AsyncIterator[ImageStep | ImageOutput]:
         assert self.backend is not None, "start() first"

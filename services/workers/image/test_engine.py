@@ -15,6 +15,7 @@ from PIL import Image
 
 from services.workers.image.config import ImageWorkerConfig
 from services.workers.image.engine import ImageEngine
+from services.workers.image.testing import NATIVE, PATCHES
 from services.workers.protocol import InvalidRequestError
 from services.workers.understanding.config import UnderstandingWorkerConfig
 from services.workers.understanding.engine import UnderstandingEngine
@@ -55,7 +56,7 @@ def test_batched_generation_streams_progress_and_matches_unbatched(image_checkpo
         assert eng.batcher.batches == [3]
         for i, msgs in enumerate(outs):
             steps = [m.step for m in msgs[:-1]]
-            assert [(s.patches_done, s.patches_total) for s in steps] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+            assert [(s.patches_done, s.patches_total) for s in steps] == [(k, PATCHES) for k in range(1, PATCHES + 1)]
             assert all(bool(s.preview_png) == (i == 0) for s in steps)
             out = msgs[-1].output
             assert (out.width, out.height, out.batch_size, out.seed, out.steps) == (40, 24, 3, i, 3)
@@ -73,8 +74,8 @@ def test_batched_generation_streams_progress_and_matches_unbatched(image_checkpo
         src = outs[0][-1].output.png
         edit = [m async for m in eng.edit(w.EditImageRequest(job_id="e", image=src, instruction="make it green",
                                                              sampling=w.ImageSampling(steps=2)))]
-        assert [m.step.patches_done for m in edit[:-1]] == [1, 2, 3, 4]
-        assert Image.open(io.BytesIO(edit[-1].output.png)).size == (32, 32)  # native resolution
+        assert [m.step.patches_done for m in edit[:-1]] == list(range(1, PATCHES + 1))
+        assert Image.open(io.BytesIO(edit[-1].output.png)).size == (NATIVE, NATIVE)  # the checkpoint's VAE sample_size
         await eng.shutdown()
     run(go())
 

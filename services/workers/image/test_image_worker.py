@@ -17,6 +17,7 @@ from ray import serve
 from services.workers.image.config import ImageWorkerConfig
 from services.workers.image.deployment import IMAGE_APP
 from services.workers.image.server import start_image_worker
+from services.workers.image.testing import NATIVE, PATCHES
 from tessera.worker.v1 import worker_pb2_grpc
 from tessera.worker.v1.worker_pb2 import EditImageRequest, GenerateImageRequest, ImageSampling
 
@@ -49,15 +50,15 @@ def test_progress_then_png_and_concurrent_requests_share_a_batch(stub: Any) -> N
     with ThreadPoolExecutor(4) as pool:
         outs = list(pool.map(lambda i: generate(stub, f"{i} red circles", seed=i, width=64, height=64), range(4)))
     for msgs in outs:
-        assert [m.WhichOneof("event") for m in msgs] == ["step"] * 4 + ["output"]
-        assert [m.step.patches_done for m in msgs[:-1]] == [1, 2, 3, 4]
+        assert [m.WhichOneof("event") for m in msgs] == ["step"] * PATCHES + ["output"]
+        assert [m.step.patches_done for m in msgs[:-1]] == list(range(1, PATCHES + 1))
         out = msgs[-1].output
         assert out.model == "tiny" and Image.open(io.BytesIO(out.png)).size == (64, 64)
     # Four concurrent calls within the 200 ms window: fewer model calls than requests.
     assert max(m[-1].output.batch_size for m in outs) >= 2
     edited = list(stub.EditImage(EditImageRequest(image=outs[0][-1].output.png, instruction="make it blue",
                                                   sampling=ImageSampling(preview=True)), metadata=MD, timeout=60))
-    assert all(m.step.preview_png for m in edited[:-1]) and edited[-1].output.width == 32
+    assert all(m.step.preview_png for m in edited[:-1]) and edited[-1].output.width == NATIVE
 
 
 @pytest.mark.parametrize("request_,message", [

@@ -19,6 +19,9 @@ from models.training.images import orthus as ot
 from models.training.images import vae as tv
 
 ORTHUS = ot.OrthusRecipe(hidden=32, layers=2, heads=2, head_width=32, head_blocks=1, codebook=16, batch=4, pool=8)
+# The tiny checkpoints' native size is the trained ones' (their VAE's sample_size), one patch per 16 pixels.
+NATIVE = data.IMAGE_SIZE
+PATCHES = (NATIVE // 16) ** 2
 NEXTSTEP = ns.NextStepRecipe(hidden=32, layers=2, heads=2, kv_heads=1, head_width=32, head_layers=1, batch=4,
                              pool=8)
 

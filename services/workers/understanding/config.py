@@ -19,7 +19,8 @@ DEFAULT_CONFIG_PATH = Path(__file__).with_name("config.yaml")
 class UnderstandingModelConfig:
     name: str = "shapes-orthus"
     model_dir: str = "models/checkpoints/shapes-orthus"  # an Orthus checkpoint + tokenizer.json + vae/
-    resolution: int = 32  # input images are resized to this square
+    # Input images are resized to this square; 0: the checkpoint's native size (its VAE's sample_size).
+    resolution: int = 0
     default_max_tokens: int = 16
     max_tokens_limit: int = 64
     torch_threads: int = 1
@@ -29,8 +30,8 @@ class UnderstandingModelConfig:
     def __post_init__(self) -> None:
         if not self.name or not self.model_dir:
             raise ValueError("model.name and model.model_dir must not be empty")
-        if self.resolution < 16 or self.resolution % 16:
-            raise ValueError(f"model.resolution must be a positive multiple of 16, got {self.resolution}")
+        if self.resolution < 0 or self.resolution % 16:
+            raise ValueError(f"model.resolution must be 0 (native) or a positive multiple of 16, got {self.resolution}")
         if self.max_tokens_limit < 1:
             raise ValueError(f"model.max_tokens_limit must be >= 1, got {self.max_tokens_limit}")
         if not 1 <= self.default_max_tokens <= self.max_tokens_limit:

@@ -9,6 +9,7 @@ reported, and a batch stops early once every row is done or every caller has gon
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
@@ -21,7 +22,7 @@ from models.orthus.prompt import build_prompt
 from models.tokenizer import StreamDetokenizer
 from services.common.images import ImageError, decode_rgb
 from services.workers.batching import Batch, Done, MicroBatcher
-from services.workers.image.backends import Loaded, load_parts
+from services.workers.image.backends import Loaded, load_parts, native_resolution
 from services.workers.protocol import InvalidRequestError
 from services.workers.understanding.config import UnderstandingWorkerConfig
 from tessera.worker.v1.worker_pb2 import UnderstandRequest, UnderstandResponse
@@ -69,6 +70,11 @@ class UnderstandingEngine:
         self.parts = await asyncio.to_thread(load_parts, m.path, m.resolution, m.device, dtype)
         self.model = await asyncio.to_thread(lambda: load_orthus(m.path, dtype=dtype, device=m.device).eval())
 
+    @functools.cached_property
+    def resolution(self) -> int:
+        """The square questions' images are resized to (config, or the checkpoint's native size)."""
+        return self.cfg.model.resolution or native_resolution(self.cfg.model.path)
+
     async def check_health(self) -> None:
         if self.model is None:
             raise RuntimeError("understanding engine is not started")
@@ -90,7 +96,7 @@ class UnderstandingEngine:
         if not 0 <= req.skip_tokens <= max_tokens:
             raise InvalidRequestError(f"skip_tokens must be in [0, max_tokens={max_tokens}], got {req.skip_tokens}")
         try:
-            image = decode_rgb(req.image, m.resolution)
+            image = decode_rgb(req.image, self.resolution)
         except ImageError as e:
             raise InvalidRequestError(f"image {e}") from e
         return Question(req.question, image, max_tokens)
