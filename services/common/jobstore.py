@@ -322,6 +322,24 @@ class JobStore:
             if "BUSYGROUP" not in str(e):
                 raise
 
+    def blocking_connection(self) -> FastRedis | None:
+        """A pipelined connection of its own for one consumer's blocking reads (a blocked command
+        would hold up everything queued behind it on the shared one); None without a fast client."""
+        return FastRedis(self.fast.url, self.fast.timeout_s) if self.fast is not None else None
+
+    async def read_queue(self, service: str, consumer: str, count: int, block_ms: int,
+                         conn: FastRedis | None = None) -> list[tuple[str, dict[bytes, bytes]]]:
+        """New entries of the service's queue for `consumer` in the group, (entry id, fields) each;
+        waits up to block_ms for the first. Over `conn` (blocking_connection) when given."""
+        q = self.queue_key(service)
+        if conn is None:
+            resp = await self.r.xreadgroup(GROUP, consumer, {q: ">"}, count=count, block=block_ms)
+            return [(eid.decode(), fields) for _, entries in resp or [] for eid, fields in entries]
+        resp = await conn.execute("XREADGROUP", "GROUP", GROUP, consumer, "COUNT", count, "BLOCK", block_ms,
+                                  "STREAMS", q, ">")
+        return [(eid.decode(), dict(zip(flat[::2], flat[1::2], strict=True)))
+                for _, entries in resp or [] for eid, flat in entries]
+
     async def done(self, service: str, entry_id: str) -> None:
         """Remove a finished job's queue entry (ack + delete keeps XLEN = live jobs)."""
         q = self.queue_key(service)

@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import unquote, urlparse
 
@@ -26,6 +27,7 @@ import hiredis
 from redis import exceptions as rx
 
 Arg = bytes | str | int | float
+log = logging.getLogger(__name__)
 
 
 def _error(reply: hiredis.ReplyError) -> rx.ResponseError:
@@ -83,6 +85,46 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
 
 
+class Subscription(asyncio.Protocol):
+    """A connection in subscribe mode: every `message` push goes to `on_message(data)`; `closed`
+    fails with ConnectionError when the connection goes (pub/sub loses what is sent meanwhile)."""
+
+    def __init__(self, on_message: Callable[[bytes], None]) -> None:
+        loop = asyncio.get_running_loop()
+        self.on_message = on_message
+        self.reader = hiredis.Reader()
+        self.transport: asyncio.Transport | None = None
+        self.ready: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        while (reply := self.reader.gets()) is not False:
+            if isinstance(reply, hiredis.ReplyError):  # AUTH refused, or SUBSCRIBE not allowed
+                if not self.ready.done():
+                    self.ready.set_exception(_error(reply))
+            elif isinstance(reply, list) and reply and reply[0] == b"message":
+                try:
+                    self.on_message(reply[2])
+                except Exception:  # one bad message must not end the subscription
+                    log.exception("subscription: message handler failed")
+            elif isinstance(reply, list) and reply and reply[0] == b"subscribe" and not self.ready.done():
+                self.ready.set_result(None)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        err = rx.ConnectionError(f"Redis subscription lost: {exc or 'closed by Redis'}")
+        for fut in (self.ready, self.closed):
+            if not fut.done():
+                fut.set_exception(err)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
 def pack(args: Sequence[Arg]) -> bytes:
     return hiredis.pack_command(tuple(args))
 
@@ -120,16 +162,8 @@ class FastRedis:
                 return self._conn  # type: ignore[return-value]
             try:
                 async with asyncio.timeout(self.connect_timeout_s):
-                    if self._unix:
-                        _, conn = await loop.create_unix_connection(_Connection, self._unix)
-                    else:
-                        _, conn = await loop.create_connection(_Connection, self._host, self._port)
-                    setup: list[tuple[Arg, ...]] = []
-                    if self._password:
-                        setup.append(("AUTH", self._username, self._password) if self._username
-                                     else ("AUTH", self._password))
-                    if self._db:
-                        setup.append(("SELECT", self._db))
+                    conn = await self._open(_Connection)
+                    setup = self._auth() + ([("SELECT", self._db)] if self._db else [])
                     for cmd in setup:
                         fut = loop.create_future()
                         conn.send(pack(cmd), fut)
@@ -150,6 +184,34 @@ class FastRedis:
             # A silent server (not a closed one): start over on a fresh connection next time.
             conn.close()
             raise rx.TimeoutError(f"Redis did not answer {args[0]!r} within {self.timeout_s:g}s") from None
+
+    async def _open(self, factory: Callable[[], asyncio.Protocol]) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._unix:
+            return (await loop.create_unix_connection(factory, self._unix))[1]
+        return (await loop.create_connection(factory, self._host, self._port))[1]
+
+    def _auth(self) -> list[tuple[Arg, ...]]:
+        if not self._password:
+            return []
+        return [("AUTH", self._username, self._password) if self._username else ("AUTH", self._password)]
+
+    async def subscribe(self, channel: str, on_message: Callable[[bytes], None]) -> Subscription:
+        """A new connection subscribed to `channel` (confirmed when this returns)."""
+        sub: Subscription | None = None
+        try:
+            async with asyncio.timeout(self.connect_timeout_s):
+                sub = await self._open(lambda: Subscription(on_message))
+                assert sub is not None and sub.transport is not None
+                sub.transport.write(b"".join(pack(c) for c in [*self._auth(), ("SUBSCRIBE", channel)]))
+                await sub.ready
+        except BaseException as e:
+            if sub is not None:
+                sub.close()
+            if isinstance(e, (OSError, TimeoutError)):
+                raise rx.ConnectionError(f"cannot subscribe at {self.url}: {e}") from e
+            raise
+        return sub
 
     async def aclose(self) -> None:
         if self._conn is not None:

@@ -68,29 +68,31 @@ class Dispatcher:
 
     # ---- intake ------------------------------------------------------------------------------------
     async def _consume(self) -> None:
-        q = self.store.queue_key(self.service)
         backoff = 0.1
-        while True:
-            try:
-                await self.store.ensure_group(self.service)
-                while True:
-                    free = self.cfg.max_in_flight - len(self.running)
-                    if free <= 0:  # window full: wake when a job ends, not on a timer
-                        self._slot_free.clear()
-                        await self._slot_free.wait()
-                        continue
-                    resp = await self.store.r.xreadgroup(GROUP, self.name, {q: ">"}, count=free,
-                                                       block=min(1000, self.store.block_ms))
-                    for _, entries in resp or []:
-                        for eid, fields in entries:
-                            self._launch(eid.decode(), fields[b"job_id"].decode(), fields)
-                    backoff = 0.1
-            except _REDIS_DOWN as e:
-                log.warning("dispatcher %s: Redis unavailable (%s); retrying in %.1fs", self.name, e, backoff)
-            except aioredis.ResponseError as e:  # NOGROUP after a Redis restart: recreate the group
-                log.warning("dispatcher %s: %s", self.name, e)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+        conn = self.store.blocking_connection()  # this consumer's own: its reads block
+        try:
+            while True:
+                try:
+                    await self.store.ensure_group(self.service)
+                    while True:
+                        free = self.cfg.max_in_flight - len(self.running)
+                        if free <= 0:  # window full: wake when a job ends, not on a timer
+                            self._slot_free.clear()
+                            await self._slot_free.wait()
+                            continue
+                        for eid, fields in await self.store.read_queue(self.service, self.name, free,
+                                                                       min(1000, self.store.block_ms), conn):
+                            self._launch(eid, fields[b"job_id"].decode(), fields)
+                        backoff = 0.1
+                except _REDIS_DOWN as e:
+                    log.warning("dispatcher %s: Redis unavailable (%s); retrying in %.1fs", self.name, e, backoff)
+                except aioredis.ResponseError as e:  # NOGROUP after a Redis restart: recreate the group
+                    log.warning("dispatcher %s: %s", self.name, e)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+        finally:
+            if conn is not None:
+                await conn.aclose()
 
     def _launch(self, entry_id: str, job_id: str, fields: dict[bytes, bytes] | None = None) -> None:
         if job_id in self.running:

@@ -84,21 +84,24 @@ class Completions:
         fut.set_result((ev.event_id, ev))
 
     async def _listen(self) -> None:
+        # A subscription of its own on the store's pipelined client (resp.py): each message goes
+        # straight from the socket to _deliver, without redis-py's pub/sub dispatch per message.
+        fast = self.store.fast
+        if fast is None:
+            raise RuntimeError("Completions needs a JobStore made by JobStore.from_url (its pipelined client)")
         backoff = 0.1
         while True:
-            pubsub = self.store.r.pubsub()
+            sub = None
             try:
-                await pubsub.subscribe(self.channel)
+                sub = await fast.subscribe(self.channel, self._deliver)
                 self.listening.set()
                 backoff = 0.1
-                async for msg in pubsub.listen():
-                    if msg.get("type") == "message":
-                        self._deliver(msg["data"])
+                await sub.closed  # raises when the connection goes
             except _REDIS_DOWN as e:
                 log.warning("completions: Redis unavailable (%s); resubscribing in %.1fs", e, backoff)
             finally:
                 self.listening.clear()
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                if sub is not None:
+                    sub.close()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)

@@ -103,3 +103,34 @@ def test_urls_with_database_and_password_are_honoured(redis_server: RedisServer)
     with pytest.raises(ValueError, match="scheme"):
         FastRedis("http://localhost:6379")
     asyncio.run(go())
+
+
+def test_a_subscription_gets_messages_and_reports_its_loss() -> None:
+    async def go(server: RedisServer) -> None:
+        r = FastRedis(server.url)
+        got: list[bytes] = []
+        sub = await r.subscribe("chan", got.append)
+        sub2 = await r.subscribe("other", lambda _m: 1 / 0)  # a failing handler does not end it
+        for i in range(50):
+            await r.execute("PUBLISH", "chan", f"m{i}")
+        assert await r.execute("PUBLISH", "other", "x") == 1
+        assert await r.execute("PUBLISH", "other", "y") == 1  # still subscribed
+        for _ in range(100):  # the messages arrive on the subscription's own socket
+            if len(got) == 50:
+                break
+            await asyncio.sleep(0.01)
+        assert got == [f"m{i}".encode() for i in range(50)]
+        server.stop()
+        with pytest.raises(rx.ConnectionError):
+            await asyncio.wait_for(sub.closed, 5)
+        server.start()
+        sub3 = await r.subscribe("chan", got.append)
+        await r.execute("PUBLISH", "chan", "back")
+        await asyncio.sleep(0.05)
+        assert got[-1] == b"back"
+        for s in (sub, sub2, sub3):
+            s.close()
+        await r.aclose()
+
+    with RedisServer() as server:
+        asyncio.run(go(server))
