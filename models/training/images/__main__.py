@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--vae-steps", type=int, default=_default(VAERecipe, "steps"))
     ap.add_argument("--orthus-steps", type=int, default=_default(OrthusRecipe, "steps"))
     ap.add_argument("--nextstep-steps", type=int, default=_default(NextStepRecipe, "steps"))
+    ap.add_argument("--nextstep-edit-steps", type=int, default=_default(NextStepRecipe, "edit_steps"),
+                    help="NextStep's edit phase after its main steps (0: none)")
     ap.add_argument("--pool", type=int, help="example pool size for every model (default: the recipes')")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -75,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _train_side_by_side(args: argparse.Namespace) -> dict[str, float]:
     """Orthus and NextStep in two child processes of this command, one thread each; their wall times."""
     common = ["--out", str(args.out), "--device", args.device, "--threads", "1", "--log-every", str(args.log_every),
-              "--orthus-steps", str(args.orthus_steps), "--nextstep-steps", str(args.nextstep_steps), "--no-parallel"]
+              "--orthus-steps", str(args.orthus_steps), "--nextstep-steps", str(args.nextstep_steps),
+              "--nextstep-edit-steps", str(args.nextstep_edit_steps), "--no-parallel"]
     if args.steps is not None:
         common += ["--steps", str(args.steps)]
     if args.pool:
@@ -131,8 +134,8 @@ def main() -> None:
         timings["orthus"] = time.time() - t0
     if "nextstep" in todo and "nextstep" not in timings:
         t0 = time.time()
-        ns, _ = train_nextstep(tok, vae, NextStepRecipe(steps=steps(args.nextstep_steps), **pool), args.device,
-                               args.log_every)
+        r_ns = NextStepRecipe(steps=steps(args.nextstep_steps), edit_steps=steps(args.nextstep_edit_steps), **pool)
+        ns, _ = train_nextstep(tok, vae, r_ns, args.device, args.log_every)
         save_nextstep(ns.cpu(), out / NEXTSTEP)
         _bundle(out, NEXTSTEP)
         timings["nextstep"] = time.time() - t0
