@@ -213,8 +213,9 @@ def test_layouts_match_inference_prompts(tok: Any, vae: ImageTokenizer) -> None:
 def test_cli_defaults_are_the_recipes() -> None:
     """The documented command (no flags) must train each model with its recipe's step count."""
     args = build_parser().parse_args([])
-    assert (args.vae_steps, args.orthus_steps, args.nextstep_steps, args.nextstep_edit_steps) == (
-        tv.VAERecipe().steps, ot.OrthusRecipe().steps, ns.NextStepRecipe().steps, ns.NextStepRecipe().edit_steps)
+    assert (args.vae_steps, args.orthus_steps, args.orthus_late_steps, args.nextstep_steps,
+            args.nextstep_edit_steps) == (tv.VAERecipe().steps, ot.OrthusRecipe().steps, ot.OrthusRecipe().late_steps,
+                                          ns.NextStepRecipe().steps, ns.NextStepRecipe().edit_steps)
 
 
 def test_the_documented_command_trains_all_three_side_by_side(tmp_path: Any) -> None:
@@ -227,7 +228,8 @@ def test_the_documented_command_trains_all_three_side_by_side(tmp_path: Any) -> 
                           "--pool", "12", "--log-every", "1"], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     log = out.stdout + out.stderr
-    assert "[orthus] step 2/2" in log and "[nextstep] step 2/2" in log and "[nextstep-edit] step 2/2" in log
+    assert "[orthus] step 2/2" in log and "[orthus-late] step 2/2" in log
+    assert "[nextstep] step 2/2" in log and "[nextstep-edit] step 2/2" in log
     assert all(f"{name}: " in out.stdout for name in ("vae", "orthus", "nextstep"))
     load_orthus(tmp_path / "shapes-orthus")
     load_nextstep(tmp_path / "shapes-nextstep")
