@@ -22,6 +22,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from models.nextstep.vae import ImageTokenizer, from_uint8
+from models.training.loop import TrainConfig, train
 from models.worlds import shapes
 from models.worlds.tokenizer import EOS_TOKEN, MASK_TOKEN
 
@@ -214,3 +215,12 @@ class ImageStream:
         idx, self.order = self.order[:self.batch_size], self.order[self.batch_size:]
         rows = [self.layout(self.examples[i], self.bank, self.rng) for i in idx]
         return collate(rows, self.pad_id, self.placeholder, self.text_loss)
+
+
+def train_phase(model: torch.nn.Module, stream: ImageStream, steps: int, lr: float, batch: int, seed: int,
+                loss: Callable[[ImageBatch, torch.Generator], torch.Tensor], name: str, log_every: int,
+                device: str, max_warmup: int = 100) -> list[float]:
+    """One training phase (its own optimizer and schedule) of an image model; its losses."""
+    tc = TrainConfig(steps=steps, lr=lr, batch_size=batch, warmup=min(max_warmup, steps // 10 + 1), seed=seed,
+                     log_every=log_every, device=device)
+    return train(model, stream, tc, loss, name)  # type: ignore[arg-type]  # duck-typed stream/batch

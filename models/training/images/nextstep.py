@@ -35,8 +35,8 @@ from models.training.images.data import (
     Segment,
     make_pool,
     special_id,
+    train_phase,
 )
-from models.training.loop import TrainConfig, train
 from models.worlds.tokenizer import EOS_TOKEN
 
 GRID = (IMAGE_SIZE // 16, IMAGE_SIZE // 16)  # 16 pixels per token: one token per grid cell
@@ -161,15 +161,14 @@ def train_nextstep(tok: Tokenizer, vae: ImageTokenizer, r: NextStepRecipe, devic
                    log_every: int = 100) -> tuple[NextStep, list[float]]:
     cfg, _, stream = build_stream(tok, vae, r)
     model = new_model(cfg, r.seed).to(device)
-    tc = TrainConfig(steps=r.steps, lr=r.lr, batch_size=r.batch, warmup=min(100, r.steps // 10 + 1), seed=r.seed,
-                     log_every=log_every, device=device)
-    losses = train(model, stream, tc,  # type: ignore[arg-type]  # duck-typed stream/batch
-                   lambda b, g: nextstep_loss(model, b, g), "nextstep")
+    def loss(b: ImageBatch, g: torch.Generator) -> torch.Tensor:
+        return nextstep_loss(model, b, g)
+
+    losses = train_phase(model, stream, r.steps, r.lr, r.batch, r.seed, loss, "nextstep", log_every, device)
     if r.edit_steps:
-        er = dataclasses.replace(r, steps=r.edit_steps, mix=r.edit_mix, lr=r.edit_lr, seed=r.edit_seed)
-        _, _, edit_stream = build_stream(tok, vae, er)
-        etc = TrainConfig(steps=er.steps, lr=er.lr, batch_size=er.batch, warmup=min(50, er.steps // 10 + 1),
-                          seed=er.seed, log_every=log_every, device=device)
-        losses += train(model, edit_stream, etc,  # type: ignore[arg-type]
-                        lambda b, g: nextstep_loss(model, b, g), "nextstep-edit")
+        # The second phase: a pool of its own (mix, seed), a lower rate, a fresh optimizer and schedule.
+        late = dataclasses.replace(r, mix=r.edit_mix, seed=r.edit_seed)
+        _, _, late_stream = build_stream(tok, vae, late)
+        losses += train_phase(model, late_stream, r.edit_steps, r.edit_lr, r.batch, r.edit_seed, loss, "nextstep-edit",
+                              log_every, device, max_warmup=50)
     return model.eval(), losses

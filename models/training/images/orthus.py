@@ -42,8 +42,8 @@ from models.training.images.data import (
     Segment,
     make_pool,
     special_id,
+    train_phase,
 )
-from models.training.loop import TrainConfig, train
 from models.worlds.tokenizer import EOS_TOKEN
 
 NUM_PATCHES = (IMAGE_SIZE // 16) ** 2  # 48x48 image -> 3x3 VAE tokens, one per grid cell
@@ -188,15 +188,14 @@ def train_orthus(tok: Tokenizer, vae: ImageTokenizer, r: OrthusRecipe, device: s
                  log_every: int = 100) -> tuple[Orthus, list[float]]:
     cfg, bank, stream = build_stream(tok, vae, r)
     model = new_model(cfg, bank, r.seed).to(device)
-    tc = TrainConfig(steps=r.steps, lr=r.lr, batch_size=r.batch, warmup=min(100, r.steps // 10 + 1), seed=r.seed,
-                     log_every=log_every, device=device)
-    losses = train(model, stream, tc,  # type: ignore[arg-type]  # duck-typed stream/batch
-                   lambda b, g: orthus_loss(model, b, g, r.diffusion_batch_mul, r.lm_weight), "orthus")
+    def loss(b: ImageBatch, g: torch.Generator) -> torch.Tensor:
+        return orthus_loss(model, b, g, r.diffusion_batch_mul, r.lm_weight)
+
+    losses = train_phase(model, stream, r.steps, r.lr, r.batch, r.seed, loss, "orthus", log_every, device)
     if r.late_steps:
-        lr_ = dataclasses.replace(r, steps=r.late_steps, mix=r.late_mix, lr=r.late_lr, seed=r.late_seed)
-        _, _, late_stream = build_stream(tok, vae, lr_)
-        ltc = TrainConfig(steps=lr_.steps, lr=lr_.lr, batch_size=lr_.batch, warmup=min(50, lr_.steps // 10 + 1),
-                          seed=lr_.seed, log_every=log_every, device=device)
-        losses += train(model, late_stream, ltc,  # type: ignore[arg-type]
-                        lambda b, g: orthus_loss(model, b, g, r.diffusion_batch_mul, r.lm_weight), "orthus-late")
+        # The second phase: a pool of its own (mix, seed), a lower rate, a fresh optimizer and schedule.
+        late = dataclasses.replace(r, mix=r.late_mix, seed=r.late_seed)
+        _, _, late_stream = build_stream(tok, vae, late)
+        losses += train_phase(model, late_stream, r.late_steps, r.late_lr, r.batch, r.late_seed, loss, "orthus-late",
+                              log_every, device, max_warmup=50)
     return model.eval(), losses
