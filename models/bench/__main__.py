@@ -32,6 +32,8 @@ def main() -> None:
     im.add_argument("--backends", default="orthus,nextstep")
     im.add_argument("--checkpoints", type=Path, default=image.CKPT, help="folder holding the shapes-* checkpoints")
     im.add_argument("--device", default="cpu")
+    im.add_argument("--breakdown", action="store_true",
+                    help="instead of the table: where each backend's edits fail (cells by token index, error kinds)")
     args = ap.parse_args()
     if args.suite == "image":
         torch.set_num_threads(1)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
+from models.bench.image_breakdown import edit_breakdown
 from models.nextstep.generate import GenerationConfig
 from models.nextstep.generate import edit_image as ns_edit
 from models.nextstep.generate import text_to_image as ns_t2i
@@ -208,6 +209,11 @@ def _fmt(v: Any) -> str:
 
 def main(args: Any) -> None:
     names = [s for s in str(getattr(args, "backends", None) or ",".join(BACKENDS)).split(",") if s]
+    if getattr(args, "breakdown", False):
+        for name in names:
+            b = load_backend(name, Path(getattr(args, "checkpoints", None) or CKPT), args.device)
+            print(f"{name}: {edit_breakdown(b.edit, args.problems, size=SIZE).format()}\n")
+        return
     rows = run(args.problems, names, args.device, Path(getattr(args, "checkpoints", None) or CKPT))
     if args.json:
         print(json.dumps({"rows": [asdict(r) for r in rows]}, indent=2))
