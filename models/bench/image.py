@@ -209,12 +209,13 @@ def _fmt(v: Any) -> str:
 
 def main(args: Any) -> None:
     names = [s for s in str(getattr(args, "backends", None) or ",".join(BACKENDS)).split(",") if s]
+    checkpoints = Path(getattr(args, "checkpoints", None) or CKPT)
     if getattr(args, "breakdown", False):
         for name in names:
-            b = load_backend(name, Path(getattr(args, "checkpoints", None) or CKPT), args.device)
+            b = load_backend(name, checkpoints, args.device)
             print(f"{name}: {edit_breakdown(b.edit, args.problems, size=SIZE).format()}\n")
         return
-    rows = run(args.problems, names, args.device, Path(getattr(args, "checkpoints", None) or CKPT))
+    rows = run(args.problems, names, args.device, checkpoints)
     if args.json:
         print(json.dumps({"rows": [asdict(r) for r in rows]}, indent=2))
         return

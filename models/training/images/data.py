@@ -224,3 +224,28 @@ def train_phase(model: torch.nn.Module, stream: ImageStream, steps: int, lr: flo
     tc = TrainConfig(steps=steps, lr=lr, batch_size=batch, warmup=min(max_warmup, steps // 10 + 1), seed=seed,
                      log_every=log_every, device=device)
     return train(model, stream, tc, loss, name)  # type: ignore[arg-type]  # duck-typed stream/batch
+
+
+@dataclass(slots=True)
+class Phase:
+    """One phase of a recipe; `stream` is built when the phase starts (a skipped phase encodes nothing)."""
+
+    name: str
+    steps: int
+    lr: float
+    seed: int
+    stream: Callable[[], ImageStream]
+    max_warmup: int = 100
+
+
+def train_phases(model: torch.nn.Module, phases: Sequence[Phase], batch: int,
+                 loss: Callable[[ImageBatch, torch.Generator], torch.Tensor], log_every: int,
+                 device: str) -> list[float]:
+    """The phases in order, each with its own optimizer and schedule (a later one at a lower rate on a
+    pool of its own, e.g. NextStep's edit phase); phases of 0 steps are skipped. All their losses."""
+    losses: list[float] = []
+    for ph in phases:
+        if ph.steps:
+            losses += train_phase(model, ph.stream(), ph.steps, ph.lr, batch, ph.seed, loss, ph.name, log_every,
+                                  device, ph.max_warmup)
+    return losses

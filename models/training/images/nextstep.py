@@ -32,10 +32,11 @@ from models.training.images.data import (
     ImageBatch,
     ImageStream,
     Layout,
+    Phase,
     Segment,
     make_pool,
     special_id,
-    train_phase,
+    train_phases,
 )
 from models.worlds.tokenizer import EOS_TOKEN
 
@@ -164,11 +165,9 @@ def train_nextstep(tok: Tokenizer, vae: ImageTokenizer, r: NextStepRecipe, devic
     def loss(b: ImageBatch, g: torch.Generator) -> torch.Tensor:
         return nextstep_loss(model, b, g)
 
-    losses = train_phase(model, stream, r.steps, r.lr, r.batch, r.seed, loss, "nextstep", log_every, device)
-    if r.edit_steps:
-        # The second phase: a pool of its own (mix, seed), a lower rate, a fresh optimizer and schedule.
-        late = dataclasses.replace(r, mix=r.edit_mix, seed=r.edit_seed)
-        _, _, late_stream = build_stream(tok, vae, late)
-        losses += train_phase(model, late_stream, r.edit_steps, r.edit_lr, r.batch, r.edit_seed, loss, "nextstep-edit",
-                              log_every, device, max_warmup=50)
+    late = dataclasses.replace(r, mix=r.edit_mix, seed=r.edit_seed)
+    losses = train_phases(model, [
+        Phase("nextstep", r.steps, r.lr, r.seed, lambda: stream),
+        Phase("nextstep-edit", r.edit_steps, r.edit_lr, r.edit_seed, lambda: build_stream(tok, vae, late)[2], 50),
+    ], r.batch, loss, log_every, device)
     return model.eval(), losses

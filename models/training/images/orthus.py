@@ -39,10 +39,11 @@ from models.training.images.data import (
     ImageBatch,
     ImageStream,
     Layout,
+    Phase,
     Segment,
     make_pool,
     special_id,
-    train_phase,
+    train_phases,
 )
 from models.worlds.tokenizer import EOS_TOKEN
 
@@ -191,11 +192,9 @@ def train_orthus(tok: Tokenizer, vae: ImageTokenizer, r: OrthusRecipe, device: s
     def loss(b: ImageBatch, g: torch.Generator) -> torch.Tensor:
         return orthus_loss(model, b, g, r.diffusion_batch_mul, r.lm_weight)
 
-    losses = train_phase(model, stream, r.steps, r.lr, r.batch, r.seed, loss, "orthus", log_every, device)
-    if r.late_steps:
-        # The second phase: a pool of its own (mix, seed), a lower rate, a fresh optimizer and schedule.
-        late = dataclasses.replace(r, mix=r.late_mix, seed=r.late_seed)
-        _, _, late_stream = build_stream(tok, vae, late)
-        losses += train_phase(model, late_stream, r.late_steps, r.late_lr, r.batch, r.late_seed, loss, "orthus-late",
-                              log_every, device, max_warmup=50)
+    late = dataclasses.replace(r, mix=r.late_mix, seed=r.late_seed)
+    losses = train_phases(model, [
+        Phase("orthus", r.steps, r.lr, r.seed, lambda: stream),
+        Phase("orthus-late", r.late_steps, r.late_lr, r.late_seed, lambda: build_stream(tok, vae, late)[2], 50),
+    ], r.batch, loss, log_every, device)
     return model.eval(), losses
