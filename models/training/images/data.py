@@ -195,6 +195,18 @@ def collate(rows: Sequence[tuple[list[Segment], list[int]]], pad_id: int, placeh
                       torch.cat(tfeats) if tfeats else torch.empty(0, c), lm_t)
 
 
+def with_samples(batch: ImageBatch, samples: torch.Tensor, rate: float, gen: torch.Generator) -> torch.Tensor:
+    """batch.feats with a `rate` share of the generated-image tokens (rows of `batch.target_pos`, in order)
+    replaced by `samples` [K, C]: scheduled sampling's inputs. Source images are never replaced."""
+    is_target = torch.zeros(batch.slot_mask.numel(), dtype=torch.bool, device=batch.feats.device)
+    is_target[batch.target_pos] = True
+    rows = is_target[batch.slot_mask.flatten()]
+    keep = torch.rand(samples.shape[0], 1, generator=gen).to(samples.device) >= rate
+    out = batch.feats.clone()
+    out[rows] = torch.where(keep, batch.feats[rows], samples.to(out.dtype))
+    return out
+
+
 class ImageStream:
     """Endless shuffled batches over a fixed example pool (the `ProblemStream` contract of loop.train)."""
 
@@ -236,6 +248,7 @@ class Phase:
     seed: int
     stream: Callable[[], ImageStream]
     max_warmup: int = 100
+    loss: Callable[[ImageBatch, torch.Generator], torch.Tensor] | None = None  # None: the recipe's loss
 
 
 def train_phases(model: torch.nn.Module, phases: Sequence[Phase], batch: int,
@@ -246,6 +259,6 @@ def train_phases(model: torch.nn.Module, phases: Sequence[Phase], batch: int,
     losses: list[float] = []
     for ph in phases:
         if ph.steps:
-            losses += train_phase(model, ph.stream(), ph.steps, ph.lr, batch, ph.seed, loss, ph.name, log_every,
-                                  device, ph.max_warmup)
+            losses += train_phase(model, ph.stream(), ph.steps, ph.lr, batch, ph.seed, ph.loss or loss, ph.name,
+                                  log_every, device, ph.max_warmup)
     return losses

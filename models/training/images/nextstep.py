@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 
 from models.nextstep.config import NextStepConfig
+from models.nextstep.head import sample_token
 from models.nextstep.model import NextStep, causal_mask
-from models.nextstep.vae import ImageTokenizer
+from models.nextstep.vae import ImageTokenizer, token_layer_norm
 from models.training.images.data import (
     BOS_TOKEN,
     IMAGE_SIZE,
@@ -37,6 +38,7 @@ from models.training.images.data import (
     make_pool,
     special_id,
     train_phases,
+    with_samples,
 )
 from models.worlds.tokenizer import EOS_TOKEN
 
@@ -68,6 +70,12 @@ class NextStepRecipe:
     edit_mix: tuple[float, float] = (0.2, 0.8)
     edit_lr: float = 3e-4
     edit_seed: int = 7
+    # Edit phase only: feed back this share of the generated-image tokens as the model's own samples
+    # (`own_samples`, `self_steps` Euler steps each). Teacher-forced on clean tokens the committed model
+    # got 199/200 held-out edits right, free-running on its own samples 105/200 (cfg 1): the backbone
+    # had never seen a sampled token. With it the recipe's model gets 149/200 (was 124/200).
+    self_rate: float = 0.5
+    self_steps: int = 5
 
     def __post_init__(self) -> None:
         if min(self.hidden, self.layers, self.heads, self.kv_heads, self.head_width, self.head_layers) <= 0:
@@ -84,6 +92,8 @@ class NextStepRecipe:
                 raise ValueError(f"{name} must be two non-negative weights, got {m}")
         if self.edit_steps < 0 or self.edit_lr <= 0:
             raise ValueError("edit_steps must be >= 0 and edit_lr positive")
+        if not 0 <= self.self_rate <= 1 or self.self_steps <= 0:
+            raise ValueError("self_rate must be in [0, 1] and self_steps positive")
 
 
 def make_config(tok: Tokenizer, vae: ImageTokenizer, r: NextStepRecipe) -> NextStepConfig:
@@ -127,9 +137,26 @@ def make_layout(tok: Tokenizer, cfg: NextStepConfig, r: NextStepRecipe) -> Layou
     return layout
 
 
-def nextstep_loss(model: NextStep, batch: ImageBatch, gen: torch.Generator) -> torch.Tensor:
+@torch.no_grad()
+def own_samples(model: NextStep, batch: ImageBatch, rate: float, steps: int, gen: torch.Generator) -> torch.Tensor:
+    """batch.feats with a `rate` share of the generated-image tokens replaced by the model's own samples,
+    each drawn from the state teacher-forced on the clean tokens before it (parallel scheduled sampling)."""
+    was = model.training
+    model.eval()
+    h = model(batch.ids, batch.feats, mask=causal_mask(batch.valid))
+    c = model.condition(h.flatten(0, 1)[batch.target_pos - 1])
+    tok = token_layer_norm(sample_token(model.image_head, c, c.shape[0], steps=steps, generator=gen,
+                                        token_dim=model.config.token_dim)).to(batch.feats.dtype)
+    model.train(was)
+    return with_samples(batch, tok, rate, gen)
+
+
+def nextstep_loss(model: NextStep, batch: ImageBatch, gen: torch.Generator, self_rate: float = 0.0,
+                  self_steps: int = 5) -> torch.Tensor:
     cfg = model.config
     feats = batch.feats if batch.feats.numel() else None
+    if feats is not None and self_rate and batch.target_pos.numel():
+        feats = own_samples(model, batch, self_rate, self_steps, gen)
     h = model(batch.ids, feats, mask=causal_mask(batch.valid))
     loss = h.new_zeros(())
     if (batch.lm_targets != -100).any():
@@ -165,9 +192,13 @@ def train_nextstep(tok: Tokenizer, vae: ImageTokenizer, r: NextStepRecipe, devic
     def loss(b: ImageBatch, g: torch.Generator) -> torch.Tensor:
         return nextstep_loss(model, b, g)
 
+    def self_loss(b: ImageBatch, g: torch.Generator) -> torch.Tensor:
+        return nextstep_loss(model, b, g, r.self_rate, r.self_steps)
+
     late = dataclasses.replace(r, mix=r.edit_mix, seed=r.edit_seed)
     losses = train_phases(model, [
         Phase("nextstep", r.steps, r.lr, r.seed, lambda: stream),
-        Phase("nextstep-edit", r.edit_steps, r.edit_lr, r.edit_seed, lambda: build_stream(tok, vae, late)[2], 50),
+        Phase("nextstep-edit", r.edit_steps, r.edit_lr, r.edit_seed, lambda: build_stream(tok, vae, late)[2], 50,
+              self_loss),
     ], r.batch, loss, log_every, device)
     return model.eval(), losses

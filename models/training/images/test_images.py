@@ -103,6 +103,41 @@ def test_nextstep_step_gradients(tok: Any, vae: ImageTokenizer) -> None:
                             "backbone.lm_head."))
 
 
+def _check_own_samples(model: torch.nn.Module, own: Any, b: data.ImageBatch) -> torch.Tensor:
+    """Scheduled sampling feeds back the model's own samples in place of target tokens, never of sources."""
+    is_target = torch.zeros(b.slot_mask.numel(), dtype=torch.bool)
+    is_target[b.target_pos] = True
+    rows = is_target[b.slot_mask.flatten()]
+    assert rows.any() and (~rows).any()  # edits: source and target images in every row
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(own(model, b, 0.0, 2, g), b.feats)
+    out = own(model, b, 1.0, 2, g)
+    assert torch.equal(out[~rows], b.feats[~rows])
+    assert ((out[rows] - b.feats[rows]).abs().amax(-1) > 1e-3).all()
+    half = own(model, b, 0.5, 2, g)
+    share = float(((half[rows] - b.feats[rows]).abs().amax(-1) > 1e-3).float().mean())
+    assert 0.2 < share < 0.8
+    assert model.training  # the sampling pass restores the mode it found
+    return out[rows]
+
+
+def test_own_samples_replace_only_generated_tokens(tok: Any, vae: ImageTokenizer) -> None:
+    from models.nextstep.vae import token_layer_norm
+
+    cfg, _, stream = _nextstep_stream(tok, vae, mix=(0.0, 1.0))
+    b = stream.next()
+    model = ns.new_model(cfg)
+    fed = _check_own_samples(model, ns.own_samples, b)
+    assert torch.allclose(fed, token_layer_norm(fed), atol=1e-5)  # LayerNormed, as generation feeds them back
+    g = torch.Generator().manual_seed(0)
+    _grads_ok(model, ns.nextstep_loss(model, b, g, self_rate=0.5, self_steps=2), ("backbone", "image_head"))
+
+    cfg_o, bank, stream_o = _orthus_stream(tok, vae, mix=(0.0, 1.0, 0.0))
+    model_o = ot.new_model(cfg_o, bank)
+    _check_own_samples(model_o, ot.own_samples, stream_o.next())
+    _grads_ok(model_o, ot.orthus_loss(model_o, stream_o.next(), g, self_rate=0.5, self_steps=2), ("backbone", "head"))
+
+
 def test_vae_step_gradients() -> None:
     t = tv.new_tokenizer(8)
     batch = tv.RenderStream(8, 4, seed=0).next()
@@ -213,8 +248,9 @@ def test_layouts_match_inference_prompts(tok: Any, vae: ImageTokenizer) -> None:
 def test_cli_defaults_are_the_recipes() -> None:
     """The documented command (no flags) must train each model with its recipe's step count."""
     args = build_parser().parse_args([])
-    assert (args.vae_steps, args.orthus_steps, args.orthus_late_steps, args.nextstep_steps,
-            args.nextstep_edit_steps) == (tv.VAERecipe().steps, ot.OrthusRecipe().steps, ot.OrthusRecipe().late_steps,
+    o = ot.OrthusRecipe()
+    assert (args.vae_steps, args.orthus_steps, args.orthus_late_steps, args.orthus_wide_steps, args.nextstep_steps,
+            args.nextstep_edit_steps) == (tv.VAERecipe().steps, o.steps, o.late_steps, o.wide_steps,
                                           ns.NextStepRecipe().steps, ns.NextStepRecipe().edit_steps)
 
 
@@ -228,7 +264,7 @@ def test_the_documented_command_trains_all_three_side_by_side(tmp_path: Any) -> 
                           "--pool", "12", "--log-every", "1"], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     log = out.stdout + out.stderr
-    assert "[orthus] step 2/2" in log and "[orthus-late] step 2/2" in log
+    assert "[orthus] step 2/2" in log and "[orthus-late] step 2/2" in log and "[orthus-wide] step 2/2" in log
     assert "[nextstep] step 2/2" in log and "[nextstep-edit] step 2/2" in log
     assert all(f"{name}: " in out.stdout for name in ("vae", "orthus", "nextstep"))
     load_orthus(tmp_path / "shapes-orthus")
