@@ -141,13 +141,10 @@ def make_layout(tok: Tokenizer, cfg: NextStepConfig, r: NextStepRecipe) -> Layou
 def own_samples(model: NextStep, batch: ImageBatch, rate: float, steps: int, gen: torch.Generator) -> torch.Tensor:
     """batch.feats with a `rate` share of the generated-image tokens replaced by the model's own samples,
     each drawn from the state teacher-forced on the clean tokens before it (parallel scheduled sampling)."""
-    was = model.training
-    model.eval()
-    h = model(batch.ids, batch.feats, mask=causal_mask(batch.valid))
+    h = model(batch.ids, batch.feats, mask=causal_mask(batch.valid))  # no dropout: train mode samples as eval
     c = model.condition(h.flatten(0, 1)[batch.target_pos - 1])
     tok = token_layer_norm(sample_token(model.image_head, c, c.shape[0], steps=steps, generator=gen,
-                                        token_dim=model.config.token_dim)).to(batch.feats.dtype)
-    model.train(was)
+                                        token_dim=model.config.token_dim))
     return with_samples(batch, tok, rate, gen)
 
 

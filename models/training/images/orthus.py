@@ -184,11 +184,8 @@ def orthus_loss(model: Orthus, batch: ImageBatch, gen: torch.Generator, diffusio
 def own_samples(model: Orthus, batch: ImageBatch, rate: float, steps: int, gen: torch.Generator) -> torch.Tensor:
     """batch.feats with a `rate` share of the generated patches replaced by the model's own samples (DDIM,
     `steps` steps), each from the state teacher-forced on the clean patches before it: scheduled sampling."""
-    was = model.training
-    model.eval()
-    h, _ = model(batch.ids, [batch.feats])
+    h, _ = model(batch.ids, [batch.feats])  # no dropout: train mode samples as eval
     x = model.head.sample(h.flatten(0, 1)[batch.target_pos - 1], make_scheduler("ddim"), steps, gen)
-    model.train(was)
     return with_samples(batch, from_head_space(x, model.config.latent_scale), rate, gen)
 
 
