@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--nextstep-steps", type=int, default=_default(NextStepRecipe, "steps"))
     ap.add_argument("--nextstep-edit-steps", type=int, default=_default(NextStepRecipe, "edit_steps"),
                     help="NextStep's edit phase after its main steps (0: none)")
+    ap.add_argument("--nextstep-rel-steps", type=int, default=_default(NextStepRecipe, "rel_steps"),
+                    help="NextStep's relative-prompt phase after the edit phase (0: none)")
     ap.add_argument("--pool", type=int, help="example pool size for every model (default: the recipes')")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -84,7 +86,8 @@ def _train_side_by_side(args: argparse.Namespace) -> dict[str, float]:
               "--orthus-steps", str(args.orthus_steps), "--orthus-late-steps", str(args.orthus_late_steps),
               "--orthus-wide-steps", str(args.orthus_wide_steps),
               "--nextstep-steps", str(args.nextstep_steps),
-              "--nextstep-edit-steps", str(args.nextstep_edit_steps), "--no-parallel"]
+              "--nextstep-edit-steps", str(args.nextstep_edit_steps),
+              "--nextstep-rel-steps", str(args.nextstep_rel_steps), "--no-parallel"]
     if args.steps is not None:
         common += ["--steps", str(args.steps)]
     if args.pool:
@@ -142,7 +145,8 @@ def main() -> None:
         timings["orthus"] = time.time() - t0
     if "nextstep" in todo and "nextstep" not in timings:
         t0 = time.time()
-        r_ns = NextStepRecipe(steps=steps(args.nextstep_steps), edit_steps=steps(args.nextstep_edit_steps), **pool)
+        r_ns = NextStepRecipe(steps=steps(args.nextstep_steps), edit_steps=steps(args.nextstep_edit_steps),
+                              rel_steps=steps(args.nextstep_rel_steps), **pool)
         ns, _ = train_nextstep(tok, vae, r_ns, args.device, args.log_every)
         save_nextstep(ns.cpu(), out / NEXTSTEP)
         _bundle(out, NEXTSTEP)

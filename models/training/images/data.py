@@ -84,15 +84,20 @@ class Example:
     answer: str = ""  # vqa only
 
 
-def make_pool(n: int, seed: int, mix: dict[str, float]) -> list[Example]:
-    """About n training examples, split over the tasks by `mix` weights (held-out scenes excluded)."""
+def make_pool(n: int, seed: int, mix: dict[str, float], relative_scenes: int = 1) -> list[Example]:
+    """About n training examples, split over the tasks by `mix` weights (held-out scenes excluded), plus
+    relative prompts drawn `relative_scenes` times (each draw: up to RELATIVE_MAX prompts, one scene each)."""
+    if relative_scenes < 0:
+        raise ValueError(f"relative_scenes must be >= 0, got {relative_scenes}")
     total = sum(mix.values())
     out: list[Example] = []
     if (k := round(n * mix.get("t2i", 0) / total)) > 0:
         out += [Example("t2i", shapes.caption(s), s) for s in shapes.scenes("train", k, seed)]
-        # Relative prompts ("a red circle left of a blue square"), each with one scene that matches it:
-        # the caption then fixes only the order, and the model learns to place the pair anywhere it holds.
-        out += [Example("t2i", r.text, s) for r, s in shapes.relations("train", min(RELATIVE_MAX, k // 6), seed)]
+        # Relative prompts ("a red circle left of a blue square") fix only the order of the pair, so
+        # the model must learn where the pair may go; several draws give a prompt several such scenes.
+        for j in range(relative_scenes):
+            rels = shapes.relations("train", min(RELATIVE_MAX, k // 6), seed + 1000 * j)
+            out += [Example("t2i", r.text, s) for r, s in rels]
     if (k := round(n * mix.get("edit", 0) / total)) > 0:
         out += [Example("edit", e.instruction, e.target, e.source) for e in shapes.edits("train", k, seed)]
     if (k := round(n * mix.get("vqa", 0) / total)) > 0:

@@ -212,6 +212,39 @@ def test_bench_runs_end_to_end(tok: Any, vae: ImageTokenizer) -> None:
     assert rows[1].vqa_accuracy is None
 
 
+def test_pool_draws_relative_prompts_several_times() -> None:
+    """Each draw adds up to t2i/6 relative prompts with a fresh matching scene; one draw is the old pool."""
+    from models.worlds import shapes
+
+    one = data.make_pool(60, 3, {"t2i": 1}, relative_scenes=1)
+    three = data.make_pool(60, 3, {"t2i": 1}, relative_scenes=3)
+    assert len(data.make_pool(60, 3, {"t2i": 1}, relative_scenes=0)) == 60
+    assert len(one) == 70 and len(three) == 90 and three[:70] == one
+    draws = [three[60:70], three[70:80], three[80:90]]
+    assert draws[0] != draws[1] != draws[2]
+
+    def matches(ex: data.Example) -> bool:  # the prompt holds in the example's scene
+        assert ex.target is not None and len(ex.target.shapes) == 2
+        return any(rel.text == ex.text and rel.holds(a.cell, b.cell)
+                   for a, b in (ex.target.shapes, ex.target.shapes[::-1]) for r in shapes.RELATIONS
+                   if (rel := shapes.Relation((a.colour, a.kind), r, (b.colour, b.kind))))
+
+    assert all(ex.task == "t2i" and matches(ex) for d in draws for ex in d)
+    with pytest.raises(ValueError, match="relative_scenes"):
+        data.make_pool(60, 3, {"t2i": 1}, relative_scenes=-1)
+
+
+def test_nextstep_relative_phase_pool(tok: Any, vae: ImageTokenizer) -> None:
+    """The last phase draws relative prompts `rel_scenes` times and trains on the model's own samples."""
+    r = dataclasses.replace(N_TINY, pool=120, rel_mix=(1.0, 0.0), rel_scenes=3)
+    model = ns.new_model(ns.make_config(tok, vae, r))
+    main, edit, rel = ns.phases(model, tok, vae, r)
+    assert (main.name, edit.name, rel.name) == ("nextstep", "nextstep-edit", "nextstep-rel")
+    assert (rel.steps, rel.lr, rel.seed) == (r.rel_steps, r.rel_lr, r.rel_seed) and rel.loss is not None
+    assert len(rel.stream().examples) == 120 + 3 * 20  # captions + 3 draws of 120 // 6 relative prompts
+    assert len(main.stream().examples) == 60 + 10 + 60  # the main pool keeps one draw
+
+
 def test_layouts_match_inference_prompts(tok: Any, vae: ImageTokenizer) -> None:
     """Training rows must be the prompts the generation code builds, or the models learn the wrong context."""
     import random
@@ -248,10 +281,10 @@ def test_layouts_match_inference_prompts(tok: Any, vae: ImageTokenizer) -> None:
 def test_cli_defaults_are_the_recipes() -> None:
     """The documented command (no flags) must train each model with its recipe's step count."""
     args = build_parser().parse_args([])
-    o = ot.OrthusRecipe()
+    o, n = ot.OrthusRecipe(), ns.NextStepRecipe()
     assert (args.vae_steps, args.orthus_steps, args.orthus_late_steps, args.orthus_wide_steps, args.nextstep_steps,
-            args.nextstep_edit_steps) == (tv.VAERecipe().steps, o.steps, o.late_steps, o.wide_steps,
-                                          ns.NextStepRecipe().steps, ns.NextStepRecipe().edit_steps)
+            args.nextstep_edit_steps, args.nextstep_rel_steps) == (tv.VAERecipe().steps, o.steps, o.late_steps,
+                                                                    o.wide_steps, n.steps, n.edit_steps, n.rel_steps)
 
 
 def test_the_documented_command_trains_all_three_side_by_side(tmp_path: Any) -> None:
@@ -265,7 +298,7 @@ def test_the_documented_command_trains_all_three_side_by_side(tmp_path: Any) -> 
     assert out.returncode == 0, out.stderr[-2000:]
     log = out.stdout + out.stderr
     assert "[orthus] step 2/2" in log and "[orthus-late] step 2/2" in log and "[orthus-wide] step 2/2" in log
-    assert "[nextstep] step 2/2" in log and "[nextstep-edit] step 2/2" in log
+    assert "[nextstep] step 2/2" in log and "[nextstep-edit] step 2/2" in log and "[nextstep-rel] step 2/2" in log
     assert all(f"{name}: " in out.stdout for name in ("vae", "orthus", "nextstep"))
     load_orthus(tmp_path / "shapes-orthus")
     load_nextstep(tmp_path / "shapes-nextstep")
