@@ -206,7 +206,8 @@ def phases(model: NextStep, tok: Tokenizer, vae: ImageTokenizer, r: NextStepReci
     edit = dataclasses.replace(r, mix=r.edit_mix, seed=r.edit_seed)
     rel = dataclasses.replace(r, mix=r.rel_mix, seed=r.rel_seed, relative_scenes=r.rel_scenes)
     return [
-        Phase("nextstep", r.steps, r.lr, r.seed, lambda: stream or build_stream(tok, vae, r)[2]),
+        Phase("nextstep", r.steps, r.lr, r.seed,
+              lambda: stream if stream is not None else build_stream(tok, vae, r)[2]),
         Phase("nextstep-edit", r.edit_steps, r.edit_lr, r.edit_seed, lambda: build_stream(tok, vae, edit)[2], 50,
               self_loss),
         Phase("nextstep-rel", r.rel_steps, r.rel_lr, r.rel_seed, lambda: build_stream(tok, vae, rel)[2], 50,
