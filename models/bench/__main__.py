@@ -34,6 +34,8 @@ def main() -> None:
     im.add_argument("--device", default="cpu")
     im.add_argument("--breakdown", action="store_true",
                     help="instead of the table: where each backend's edits fail (cells by token index, error kinds)")
+    im.add_argument("--context", action="store_true",
+                    help="instead of the table: T2I teacher-forced, without the VAE's leak, and free-running")
     args = ap.parse_args()
     if args.suite == "image":
         torch.set_num_threads(1)

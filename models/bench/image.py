@@ -27,13 +27,16 @@ import torch
 from tokenizers import Tokenizer
 
 from models.bench.image_breakdown import edit_breakdown
-from models.nextstep.generate import GenerationConfig
+from models.nextstep.generate import GenerationConfig, left_pad, t2i_rows
 from models.nextstep.generate import edit_image as ns_edit
 from models.nextstep.generate import text_to_image as ns_t2i
-from models.nextstep.model import NextStep
-from models.nextstep.vae import ImageTokenizer, from_uint8, to_uint8
+from models.nextstep.head import sample_token
+from models.nextstep.model import NextStep, causal_mask
+from models.nextstep.vae import ImageTokenizer, from_uint8, to_uint8, token_layer_norm
+from models.orthus.head import CFG, make_scheduler
 from models.orthus.model import Orthus
 from models.orthus.prompt import build_prompt
+from models.orthus.vision import from_head_space
 from models.training.images.data import IMAGE_SIZE
 from models.worlds import shapes, shapes_score
 
@@ -54,6 +57,10 @@ class Backend:
     t2i: Callable[[list[str], int], Images]  # (captions, seed) -> images
     edit: Callable[[Images, list[str], int], Images]  # (sources, instructions, seed) -> images
     answer: Callable[[Images, list[str]], list[str]] | None = None
+    vae: ImageTokenizer | None = None
+    # (caption, the first k image tokens [k, C] as context, generator) -> image token k [C], with T2I
+    # guidance: what the model draws next after a given context (`image_context`'s probe).
+    next_token: Callable[[str, torch.Tensor, torch.Generator], torch.Tensor] | None = None
 
 
 def _decode(vae: ImageTokenizer, tokens: torch.Tensor) -> Images:
@@ -90,7 +97,16 @@ def orthus_backend(model: Orthus, vae: ImageTokenizer, tok: Tokenizer, steps: in
         prompts = [build_prompt(cfg, z, tok.encode(q).ids) for z, q in zip(src, questions, strict=True)]
         return [tok.decode(ids) for ids in model.understand(prompts, max_new_tokens=8)]
 
-    return Backend("orthus", t2i, edit, answer)
+    def next_token(caption: str, context: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        last = []
+        for p in (build_prompt(cfg, tok.encode(caption).ids), build_prompt(cfg)):  # cond, uncond
+            ids = [*p.ids, cfg.boi_token_id, *[cfg.image_token_id] * len(context)]
+            h, _ = model(torch.tensor([ids], device=model.device), [context.to(model.device)] if len(context) else None)
+            last.append(h[0, -1])
+        x = model.head.sample(torch.stack(last), make_scheduler("ddim"), steps, gen, CFG(cfg_scale))
+        return from_head_space(x, cfg.latent_scale)[0]
+
+    return Backend("orthus", t2i, edit, answer, vae, next_token)
 
 
 def nextstep_backend(model: NextStep, vae: ImageTokenizer, tok: Tokenizer, steps: int = 25, cfg_scale: float = 3.0,
@@ -112,7 +128,18 @@ def nextstep_backend(model: NextStep, vae: ImageTokenizer, tok: Tokenizer, steps
         gen = torch.Generator().manual_seed(seed)
         return to_uint8(ns_edit(model, vae, encode, src, instructions, edit_gen, gen)).cpu().numpy()
 
-    return Backend("nextstep", t2i, edit, None)
+    def next_token(caption: str, context: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        c, grid = model.config, (SIZE // 16, SIZE // 16)
+        rows = [r + [c.image_placeholder_id] * len(context) for r in t2i_rows(model, encode, [caption], grid, t2i_gen)]
+        ids, valid = left_pad(rows, c.pad_id)
+        feats = context.repeat(len(rows), 1) if len(context) else None
+        dev = model.backbone.embed.weight.device
+        h = model(ids.to(dev), None if feats is None else feats.to(dev), mask=causal_mask(valid.to(dev)))[:, -1]
+        tok = sample_token(model.image_head, model.condition(h), 1, cfg_scale=t2i_gen.cfg_scale,
+                           steps=t2i_gen.steps, shift=t2i_gen.shift, generator=gen, token_dim=c.token_dim)
+        return token_layer_norm(tok)[0]
+
+    return Backend("nextstep", t2i, edit, None, vae, next_token)
 
 
 def load_backend(name: str, checkpoints: Path, device: str = "cpu") -> Backend:
@@ -210,6 +237,12 @@ def _fmt(v: Any) -> str:
 def main(args: Any) -> None:
     names = [s for s in str(getattr(args, "backends", None) or ",".join(BACKENDS)).split(",") if s]
     checkpoints = Path(getattr(args, "checkpoints", None) or CKPT)
+    if getattr(args, "context", False):
+        from models.bench.image_context import context_probe, format_probe
+
+        for name in names:
+            print(format_probe(name, context_probe(load_backend(name, checkpoints, args.device), args.problems)))
+        return
     if getattr(args, "breakdown", False):
         for name in names:
             b = load_backend(name, checkpoints, args.device)
