@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="Orthus's late phase after its main steps (0: none)")
     ap.add_argument("--orthus-wide-steps", type=int, default=_default(OrthusRecipe, "wide_steps"),
                     help="Orthus's wide phase after the late one, on a fresh 5x pool (0: none)")
+    ap.add_argument("--orthus-edit-steps", type=int, default=_default(OrthusRecipe, "edit_steps"),
+                    help="Orthus's edit phase after the wide one (0: none)")
     ap.add_argument("--nextstep-steps", type=int, default=_default(NextStepRecipe, "steps"))
     ap.add_argument("--nextstep-edit-steps", type=int, default=_default(NextStepRecipe, "edit_steps"),
                     help="NextStep's edit phase after its main steps (0: none)")
@@ -84,7 +86,7 @@ def _train_side_by_side(args: argparse.Namespace) -> dict[str, float]:
     """Orthus and NextStep in two child processes of this command, one thread each; their wall times."""
     common = ["--out", str(args.out), "--device", args.device, "--threads", "1", "--log-every", str(args.log_every),
               "--orthus-steps", str(args.orthus_steps), "--orthus-late-steps", str(args.orthus_late_steps),
-              "--orthus-wide-steps", str(args.orthus_wide_steps),
+              "--orthus-wide-steps", str(args.orthus_wide_steps), "--orthus-edit-steps", str(args.orthus_edit_steps),
               "--nextstep-steps", str(args.nextstep_steps),
               "--nextstep-edit-steps", str(args.nextstep_edit_steps),
               "--nextstep-rel-steps", str(args.nextstep_rel_steps), "--no-parallel"]
@@ -137,7 +139,7 @@ def main() -> None:
     elif "orthus" in todo:
         t0 = time.time()
         r_o = OrthusRecipe(steps=steps(args.orthus_steps), late_steps=steps(args.orthus_late_steps),
-                           wide_steps=steps(args.orthus_wide_steps),
+                           wide_steps=steps(args.orthus_wide_steps), edit_steps=steps(args.orthus_edit_steps),
                            **({"pool": args.pool, "wide_pool": args.pool} if args.pool else {}))
         model, _ = train_orthus(tok, vae, r_o, args.device, args.log_every)
         save_orthus(model.cpu(), out / ORTHUS)

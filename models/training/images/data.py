@@ -200,15 +200,32 @@ def collate(rows: Sequence[tuple[list[Segment], list[int]]], pad_id: int, placeh
                       torch.cat(tfeats) if tfeats else torch.empty(0, c), lm_t)
 
 
+def _target_rows(batch: ImageBatch) -> torch.Tensor:
+    """[M] mask over `batch.feats`: True on generated-image rows (those of `target_pos`, in order)."""
+    is_target = torch.zeros(batch.slot_mask.numel(), dtype=torch.bool, device=batch.feats.device)
+    is_target[batch.target_pos] = True
+    return is_target[batch.slot_mask.flatten()]
+
+
 def with_samples(batch: ImageBatch, samples: torch.Tensor, rate: float, gen: torch.Generator) -> torch.Tensor:
     """batch.feats with a `rate` share of the generated-image tokens (rows of `batch.target_pos`, in order)
     replaced by `samples` [K, C]: scheduled sampling's inputs. Source images are never replaced."""
-    is_target = torch.zeros(batch.slot_mask.numel(), dtype=torch.bool, device=batch.feats.device)
-    is_target[batch.target_pos] = True
-    rows = is_target[batch.slot_mask.flatten()]
+    rows = _target_rows(batch)
     keep = torch.rand(samples.shape[0], 1, generator=gen).to(samples.device) >= rate
     out = batch.feats.clone()
     out[rows] = torch.where(keep, batch.feats[rows], samples.to(out.dtype))
+    return out
+
+
+def with_context_noise(batch: ImageBatch, feats: torch.Tensor, std: float, gen: torch.Generator) -> torch.Tensor:
+    """`feats` with Gaussian noise of `std` added to the generated-image rows, where they are the model's
+    input (its context for the next token); the targets stay clean. Source images stay clean too: at
+    inference they are real encodings, while the generated context is the model's own samples."""
+    if not std:
+        return feats
+    rows = _target_rows(batch)
+    out = feats.clone()
+    out[rows] = feats[rows] + std * torch.randn(feats[rows].shape, generator=gen).to(feats.device, feats.dtype)
     return out
 
 

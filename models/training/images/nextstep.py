@@ -53,7 +53,7 @@ class NextStepRecipe:
     kv_heads: int = 2
     head_width: int = 256
     head_layers: int = 3
-    steps: int = 10000  # ~0.17 s/step on one contended core: ~28 min
+    steps: int = 8000  # 2034 s beside Orthus on 2026-11-29 (10000 before: the command ran past 90 min)
     lr: float = 1e-3
     batch: int = 32
     pool: int = 12000
@@ -67,7 +67,7 @@ class NextStepRecipe:
     # Edit phase, after the main steps: an edit-heavy pool of its own at a lower rate, fresh optimizer.
     # Editing is learnt late (the target copies the source cell by cell across an instruction of any
     # length): 0.38 after the main phase; a 1500-step trial of this phase gave 0.52, T2I unchanged.
-    edit_steps: int = 4500  # ~0.14 s/step on two idle cores: ~11 min
+    edit_steps: int = 4500  # 1586 s beside Orthus on 2026-11-29
     edit_mix: tuple[float, float] = (0.2, 0.8)
     edit_lr: float = 3e-4
     edit_seed: int = 7
@@ -82,7 +82,7 @@ class NextStepRecipe:
     # got 0.22 on held-out relative prompts and only 0.44 teacher-forced on training ones: a prompt
     # that fixes only the order of two shapes needs several layouts to be learnt as a rule. This phase on
     # the edit-phase model: held-out 0.22 -> 0.28 (200-problem bench), T2I 0.935 and edits 0.75 kept.
-    rel_steps: int = 1500  # at the edit phase's ~0.54 s/step on one contended core: ~14 min
+    rel_steps: int = 1500  # 515 s beside Orthus on 2026-11-29
     rel_mix: tuple[float, float] = (0.4, 0.6)
     rel_scenes: int = 6
     rel_lr: float = 1e-4

@@ -28,7 +28,7 @@ from models.nextstep.vae import ImageTokenizer
 from models.orthus.config import OrthusConfig
 from models.orthus.head import make_scheduler
 from models.orthus.model import Orthus
-from models.orthus.vision import from_head_space, to_head_space
+from models.orthus.vision import to_head_space
 from models.training.images.data import (
     BOS_TOKEN,
     IMAGE_SIZE,
@@ -44,7 +44,7 @@ from models.training.images.data import (
     make_pool,
     special_id,
     train_phases,
-    with_samples,
+    with_context_noise,
 )
 from models.worlds.tokenizer import EOS_TOKEN
 
@@ -61,7 +61,7 @@ class OrthusRecipe:
     # Soft-VQ codes. With unit-variance 64-d features softmax(-d) is nearly one-hot, so the codebook is
     # effectively a hard quantiser of source images: more codes keep more detail for editing and VQA.
     codebook: int = 1024
-    steps: int = 10000  # ~0.22 s/step on one contended core: ~37 min
+    steps: int = 7000  # 1642 s beside NextStep on 2026-11-29 (10000 before the edit phase)
     lr: float = 1e-3
     batch: int = 32
     pool: int = 12000
@@ -73,18 +73,32 @@ class OrthusRecipe:
     seed: int = 0
     # Late phase, after the main steps: a pool of its own weighted toward understanding, at a lower
     # rate with a fresh optimizer (a 1500-step trial lifted VQA 0.76 -> 0.82 and T2I 0.46 -> 0.52).
-    late_steps: int = 3000  # ~0.125 s/step on two idle cores: ~6 min
+    late_steps: int = 3000  # 647 s beside NextStep on 2026-11-29
     late_mix: tuple[float, float, float] = (0.2, 0.3, 0.5)
     late_lr: float = 3e-4
     late_seed: int = 7
     # Wide phase, after the late one: a fresh pool five times the size. The late-phase model answered
     # 298/300 of its training questions but 239/300 held-out ones: it memorised its 6000 questions.
     # 3000 steps on 30000 fresh ones: held-out 271/300, T2I 0.37 -> 0.52 (200 problems each).
-    wide_steps: int = 3000  # ~0.25 s/step on one contended core, plus ~3 min encoding the pool: ~16 min
+    wide_steps: int = 3000  # 658 s beside NextStep on 2026-11-29, plus encoding the pool
     wide_pool: int = 60000
     wide_mix: tuple[float, float, float] = (0.2, 0.3, 0.5)
     wide_lr: float = 3e-4
     wide_seed: int = 11
+    # Edit phase, last: an edit-heavy fresh pool, as NextStep's edit phase (edits are learnt late). A
+    # 1500-step trial on a noise-fine-tuned model: edits 0.16 -> 0.23, T2I 0.69 -> 0.70 (96 problems).
+    edit_steps: int = 3000  # 731 s beside NextStep on 2026-11-29
+    edit_mix: tuple[float, float, float] = (0.2, 0.6, 0.2)
+    edit_lr: float = 3e-4
+    edit_seed: int = 17
+    # Std of the noise on generated-image features where they are the model's input (every phase).
+    # The VAE encoder sees past its own cell, so a clean cell's features carry its neighbours' content
+    # (re-encoding a render without the later cells moves them by 0.8 in norm; features have norm 8).
+    # Teacher-forced, the committed model drew held-out captions at 0.95 (it read the next cell off the
+    # previous ones); fed renders without the cells still to come, 0.06; free-running, 0.58. With the
+    # noise the caption is the only reliable source. 1500-step fine-tunes of that model, 96 problems:
+    # std 0 / 0.3 / 0.6 / 1.2 / 2.0 -> T2I 0.57 / 0.63 / 0.65 / 0.69 / 0.66.
+    context_noise: float = 1.0
 
     def __post_init__(self) -> None:
         if min(self.hidden, self.layers, self.heads, self.head_width, self.head_blocks, self.codebook) <= 0:
@@ -95,12 +109,15 @@ class OrthusRecipe:
             raise ValueError("steps, lr, batch and diffusion_batch_mul must be positive")
         if not (0 <= self.drop_text <= 1 and 0 <= self.drop_all <= 1 and self.drop_text + self.drop_all <= 1):
             raise ValueError("dropout probabilities must be in [0, 1] and sum to <= 1")
-        for name in ("mix", "late_mix", "wide_mix"):
+        for name in ("mix", "late_mix", "wide_mix", "edit_mix"):
             m = getattr(self, name)
             if len(m) != 3 or min(m) < 0 or sum(m) <= 0:
                 raise ValueError(f"{name} must be three non-negative weights, got {m}")
-        if self.late_steps < 0 or self.late_lr <= 0 or self.wide_steps < 0 or self.wide_lr <= 0:
-            raise ValueError("late/wide steps must be >= 0 and their rates positive")
+        if min(self.late_steps, self.wide_steps, self.edit_steps) < 0 or min(self.late_lr, self.wide_lr,
+                                                                            self.edit_lr) <= 0:
+            raise ValueError("late/wide/edit steps must be >= 0 and their rates positive")
+        if self.context_noise < 0:
+            raise ValueError(f"context_noise must be >= 0, got {self.context_noise}")
         if self.pool <= 0 or self.wide_pool <= 0:
             raise ValueError("pools must be positive")
 
@@ -157,11 +174,13 @@ def make_layout(tok: Tokenizer, cfg: OrthusConfig, r: OrthusRecipe) -> Layout:
 
 
 def orthus_loss(model: Orthus, batch: ImageBatch, gen: torch.Generator, diffusion_batch_mul: int = 4,
-                lm_weight: float = 1.0, self_rate: float = 0.0, self_steps: int = 5) -> torch.Tensor:
+                lm_weight: float = 1.0, context_noise: float = 0.0) -> torch.Tensor:
     cfg = model.config
     feats = batch.feats
-    if self_rate and batch.target_pos.numel():
-        feats = own_samples(model, batch, self_rate, self_steps, gen)
+    if context_noise and batch.target_pos.numel():
+        # Scheduled sampling (NextStep's edit phase) did not help Orthus: 1000 steps fed half their
+        # own samples scored T2I 0.46 / edits 0.125 against a control's 0.485 / 0.135.
+        feats = with_context_noise(batch, feats, context_noise, gen)
     h, logits = model(batch.ids, [feats] if feats.numel() else None)
     loss = h.new_zeros(())
     if (batch.lm_targets != -100).any():
@@ -178,15 +197,6 @@ def orthus_loss(model: Orthus, batch: ImageBatch, gen: torch.Generator, diffusio
         v = sched.get_velocity(x0, noise, t)
         loss = loss + F.mse_loss(model.head(xt, t, cond).float(), v)
     return loss
-
-
-@torch.no_grad()
-def own_samples(model: Orthus, batch: ImageBatch, rate: float, steps: int, gen: torch.Generator) -> torch.Tensor:
-    """batch.feats with a `rate` share of the generated patches replaced by the model's own samples (DDIM,
-    `steps` steps), each from the state teacher-forced on the clean patches before it: scheduled sampling."""
-    h, _ = model(batch.ids, [batch.feats])  # no dropout: train mode samples as eval
-    x = model.head.sample(h.flatten(0, 1)[batch.target_pos - 1], make_scheduler("ddim"), steps, gen)
-    return with_samples(batch, from_head_space(x, model.config.latent_scale), rate, gen)
 
 
 @functools.cache
@@ -213,13 +223,15 @@ def train_orthus(tok: Tokenizer, vae: ImageTokenizer, r: OrthusRecipe, device: s
     cfg, bank, stream = build_stream(tok, vae, r)
     model = new_model(cfg, bank, r.seed).to(device)
     def loss(b: ImageBatch, g: torch.Generator) -> torch.Tensor:
-        return orthus_loss(model, b, g, r.diffusion_batch_mul, r.lm_weight)
+        return orthus_loss(model, b, g, r.diffusion_batch_mul, r.lm_weight, context_noise=r.context_noise)
 
     late = dataclasses.replace(r, mix=r.late_mix, seed=r.late_seed)
     wide = dataclasses.replace(r, mix=r.wide_mix, seed=r.wide_seed, pool=r.wide_pool)
+    edit = dataclasses.replace(r, mix=r.edit_mix, seed=r.edit_seed)
     losses = train_phases(model, [
         Phase("orthus", r.steps, r.lr, r.seed, lambda: stream),
         Phase("orthus-late", r.late_steps, r.late_lr, r.late_seed, lambda: build_stream(tok, vae, late)[2], 50),
         Phase("orthus-wide", r.wide_steps, r.wide_lr, r.wide_seed, lambda: build_stream(tok, vae, wide)[2], 50),
+        Phase("orthus-edit", r.edit_steps, r.edit_lr, r.edit_seed, lambda: build_stream(tok, vae, edit)[2], 50),
     ], r.batch, loss, log_every, device)
     return model.eval(), losses

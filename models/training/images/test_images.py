@@ -132,10 +132,6 @@ def test_own_samples_replace_only_generated_tokens(tok: Any, vae: ImageTokenizer
     g = torch.Generator().manual_seed(0)
     _grads_ok(model, ns.nextstep_loss(model, b, g, self_rate=0.5, self_steps=2), ("backbone", "image_head"))
 
-    cfg_o, bank, stream_o = _orthus_stream(tok, vae, mix=(0.0, 1.0, 0.0))
-    model_o = ot.new_model(cfg_o, bank)
-    _check_own_samples(model_o, ot.own_samples, stream_o.next())
-    _grads_ok(model_o, ot.orthus_loss(model_o, stream_o.next(), g, self_rate=0.5, self_steps=2), ("backbone", "head"))
 
 
 def test_vae_step_gradients() -> None:
@@ -210,6 +206,14 @@ def test_bench_runs_end_to_end(tok: Any, vae: ImageTokenizer) -> None:
         assert d["s_per_image"] > 0 and d["images_per_s_1"] > 0 and d["images_per_s_8"] > 0
     assert rows[0].vqa_accuracy is not None and 0.0 <= rows[0].vqa_accuracy <= 1.0
     assert rows[1].vqa_accuracy is None
+    from models.bench.image_context import CONTEXTS, context_probe
+
+    for b in backends:
+        assert b.next_token is not None
+        assert b.next_token("a red circle", torch.zeros(0, 64), torch.Generator()).shape == (64,)
+        assert b.next_token("a red circle", torch.randn(3, 64), torch.Generator()).shape == (64,)
+        probe = context_probe(b, 1)
+        assert set(probe) == set(CONTEXTS) and all(0.0 <= v <= 1.0 for v in probe.values())
 
 
 def test_pool_draws_relative_prompts_several_times() -> None:
@@ -278,13 +282,33 @@ def test_layouts_match_inference_prompts(tok: Any, vae: ImageTokenizer) -> None:
         assert rows_n.ids[i, :len(w)].tolist() == w
 
 
+def test_context_noise_touches_only_generated_inputs(tok: Any, vae: ImageTokenizer) -> None:
+    """Noise goes on the generated images' input features, never on sources, and the loss still trains."""
+    cfg, bank, stream = _orthus_stream(tok, vae, mix=(0.0, 1.0, 0.0))
+    b = stream.next()
+    rows = data._target_rows(b)
+    assert rows.any() and (~rows).any()
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(data.with_context_noise(b, b.feats, 0.0, g), b.feats)
+    out = data.with_context_noise(b, b.feats, 0.5, g)
+    assert torch.equal(out[~rows], b.feats[~rows])
+    assert 0.4 < float((out[rows] - b.feats[rows]).std()) < 0.6
+    model = ot.new_model(cfg, bank)
+    clean = ot.orthus_loss(model, b, torch.Generator().manual_seed(1))
+    noisy = ot.orthus_loss(model, b, torch.Generator().manual_seed(1), context_noise=0.5)
+    assert not torch.equal(clean, noisy)  # the noise reaches the forward pass
+    _grads_ok(model, noisy, ("head.", "backbone.layers."))
+    with pytest.raises(ValueError, match="context_noise"):
+        ot.OrthusRecipe(context_noise=-0.1)
+
+
 def test_cli_defaults_are_the_recipes() -> None:
     """The documented command (no flags) must train each model with its recipe's step count."""
     args = build_parser().parse_args([])
     o, n = ot.OrthusRecipe(), ns.NextStepRecipe()
-    assert (args.vae_steps, args.orthus_steps, args.orthus_late_steps, args.orthus_wide_steps, args.nextstep_steps,
-            args.nextstep_edit_steps, args.nextstep_rel_steps) == (tv.VAERecipe().steps, o.steps, o.late_steps,
-                                                                    o.wide_steps, n.steps, n.edit_steps, n.rel_steps)
+    assert (args.vae_steps, args.orthus_steps, args.orthus_late_steps, args.orthus_wide_steps, args.orthus_edit_steps,
+            args.nextstep_steps, args.nextstep_edit_steps, args.nextstep_rel_steps) == (
+        tv.VAERecipe().steps, o.steps, o.late_steps, o.wide_steps, o.edit_steps, n.steps, n.edit_steps, n.rel_steps)
 
 
 def test_the_documented_command_trains_all_three_side_by_side(tmp_path: Any) -> None:
@@ -298,6 +322,7 @@ def test_the_documented_command_trains_all_three_side_by_side(tmp_path: Any) -> 
     assert out.returncode == 0, out.stderr[-2000:]
     log = out.stdout + out.stderr
     assert "[orthus] step 2/2" in log and "[orthus-late] step 2/2" in log and "[orthus-wide] step 2/2" in log
+    assert "[orthus-edit] step 2/2" in log
     assert "[nextstep] step 2/2" in log and "[nextstep-edit] step 2/2" in log and "[nextstep-rel] step 2/2" in log
     assert all(f"{name}: " in out.stdout for name in ("vae", "orthus", "nextstep"))
     load_orthus(tmp_path / "shapes-orthus")
