@@ -58,8 +58,9 @@ class OrthusRecipe:
     heads: int = 4
     head_width: int = 256
     head_blocks: int = 3
-    # Soft-VQ codes. With unit-variance 64-d features softmax(-d) is nearly one-hot, so the codebook is
-    # effectively a hard quantiser of source images: more codes keep more detail for editing and VQA.
+    # Soft-VQ codes. With unit-variance 64-d features softmax(-d) starts nearly one-hot (a hard quantiser
+    # of source images: more codes keep more detail for editing and VQA); trained, the codes cluster and
+    # the largest weight averaged 0.28 over held-out patches of the previous checkpoint.
     codebook: int = 1024
     steps: int = 7000  # 1642 s beside NextStep on 2026-11-29 (10000 before the edit phase)
     lr: float = 1e-3
