@@ -177,11 +177,9 @@ def make_layout(tok: Tokenizer, cfg: OrthusConfig, r: OrthusRecipe) -> Layout:
 def orthus_loss(model: Orthus, batch: ImageBatch, gen: torch.Generator, diffusion_batch_mul: int = 4,
                 lm_weight: float = 1.0, context_noise: float = 0.0) -> torch.Tensor:
     cfg = model.config
-    feats = batch.feats
-    if context_noise and batch.target_pos.numel():
-        # Scheduled sampling (NextStep's edit phase) did not help Orthus: 1000 steps fed half their
-        # own samples scored T2I 0.46 / edits 0.125 against a control's 0.485 / 0.135.
-        feats = with_context_noise(batch, feats, context_noise, gen)
+    # Noise on the generated inputs, not scheduled sampling (NextStep's edit phase): 1000 steps fed half
+    # their own samples scored T2I 0.46 / edits 0.125 against a control's 0.485 / 0.135.
+    feats = with_context_noise(batch, batch.feats, context_noise, gen)
     h, logits = model(batch.ids, [feats] if feats.numel() else None)
     loss = h.new_zeros(())
     if (batch.lm_targets != -100).any():

@@ -117,7 +117,7 @@ def _check_own_samples(model: torch.nn.Module, own: Any, b: data.ImageBatch) -> 
     half = own(model, b, 0.5, 2, g)
     share = float(((half[rows] - b.feats[rows]).abs().amax(-1) > 1e-3).float().mean())
     assert 0.2 < share < 0.8
-    assert model.training  # the sampling pass leaves the mode alone (neither model has mode-dependent layers)
+    assert model.training  # the sampling pass leaves the mode alone (NextStep has no mode-dependent layers)
     return out[rows]
 
 
@@ -131,7 +131,6 @@ def test_own_samples_replace_only_generated_tokens(tok: Any, vae: ImageTokenizer
     assert torch.allclose(fed, token_layer_norm(fed), atol=1e-5)  # LayerNormed, as generation feeds them back
     g = torch.Generator().manual_seed(0)
     _grads_ok(model, ns.nextstep_loss(model, b, g, self_rate=0.5, self_steps=2), ("backbone", "image_head"))
-
 
 
 def test_vae_step_gradients() -> None:
