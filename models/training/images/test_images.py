@@ -301,6 +301,30 @@ def test_context_noise_touches_only_generated_inputs(tok: Any, vae: ImageTokeniz
         ot.OrthusRecipe(context_noise=-0.1)
 
 
+def test_nextstep_context_noise_goes_on_its_own_samples_too(tok: Any, vae: ImageTokenizer) -> None:
+    """NextStep's noise lands on the generated inputs after scheduled sampling has put its samples there."""
+    cfg, _, stream = _nextstep_stream(tok, vae, mix=(0.0, 1.0))
+    b = stream.next()
+    model = ns.new_model(cfg)
+    fed: list[torch.Tensor] = []  # the image features of every forward pass
+    hook = model.register_forward_pre_hook(lambda _m, args: fed.append(args[1]))
+    try:
+        ns.nextstep_loss(model, b, torch.Generator().manual_seed(3), self_rate=1.0, self_steps=2)
+        noisy = ns.nextstep_loss(model, b, torch.Generator().manual_seed(3), self_rate=1.0, self_steps=2,
+                                 context_noise=0.5)
+    finally:
+        hook.remove()
+    sampling, plain, _, noised = fed  # each loss: the own-samples pass, then the training pass
+    rows = data._target_rows(b)
+    assert torch.equal(sampling, b.feats)  # samples are drawn teacher-forced on the clean tokens
+    assert not torch.equal(plain[rows], b.feats[rows])  # the own samples replaced the targets' inputs
+    assert torch.equal(noised[~rows], b.feats[~rows])  # sources stay clean
+    assert 0.4 < float((noised[rows] - plain[rows]).std()) < 0.6  # the same samples, plus the noise
+    _grads_ok(model, noisy, ("backbone.layers.", "image_head."))
+    with pytest.raises(ValueError, match="context_noise"):
+        ns.NextStepRecipe(context_noise=-0.1)
+
+
 def test_cli_defaults_are_the_recipes() -> None:
     """The documented command (no flags) must train each model with its recipe's step count."""
     args = build_parser().parse_args([])
