@@ -225,7 +225,7 @@ def with_context_noise(batch: ImageBatch, feats: torch.Tensor, std: float, gen: 
         return feats
     rows = _target_rows(batch)
     out = feats.clone()
-    out[rows] = feats[rows] + std * torch.randn(feats[rows].shape, generator=gen).to(feats.device, feats.dtype)
+    out[rows] += std * torch.randn(int(rows.sum()), feats.shape[1], generator=gen).to(feats.device, feats.dtype)
     return out
 
 

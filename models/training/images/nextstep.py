@@ -73,7 +73,7 @@ class NextStepRecipe:
     edit_lr: float = 3e-4
     edit_seed: int = 7
     # Edit and relative phases: feed back this share of the generated-image tokens as the model's own samples
-    # (`own_samples`, `self_steps` Euler steps each). Teacher-forced on clean tokens the committed model
+    # (`own_samples`, `self_steps` Euler steps each). Teacher-forced on clean tokens an earlier checkpoint
     # got 199/200 held-out edits right, free-running on its own samples 105/200 (cfg 1): the backbone
     # had never seen a sampled token. With it the recipe's model gets 149/200 (was 124/200).
     self_rate: float = 0.5
@@ -90,7 +90,7 @@ class NextStepRecipe:
     rel_seed: int = 13
     # Gaussian noise of this std on the generated image's input tokens in every phase (targets and source
     # images stay clean), as Orthus's context_noise: the VAE's tokens leak their neighbours' content, and
-    # fed renders with the cells still to come blanked the committed model drew the right token 0.03 of the
+    # fed renders with the cells still to come blanked, the checkpoint before it drew the right token 0.03 of the
     # time (teacher-forced 1.0). 1500-step fine-tunes of that model, 96 held-out problems, std 0 / 0.3 /
     # 0.5 / 1.0 -> T2I 0.92 / 0.96 / 0.93 / 0.72, relative 0.17 / 0.34 / 0.25 / 0.30, edits 0.60 / 0.62 /
     # 0.59 / 0.47. The tokens are LayerNormed: unit variance over their 64 channels. The recipe with it in

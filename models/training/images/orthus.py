@@ -95,7 +95,7 @@ class OrthusRecipe:
     # Std of the noise on generated-image features where they are the model's input (every phase).
     # The VAE encoder sees past its own cell, so a clean cell's features carry its neighbours' content
     # (re-encoding a render without the later cells moves them by 0.8 in norm; features have norm 8).
-    # Teacher-forced, the committed model drew held-out captions at 0.95 (it read the next cell off the
+    # Teacher-forced, the checkpoint before it drew held-out captions at 0.95 (it read the next cell off the
     # previous ones); fed renders without the cells still to come, 0.06; free-running, 0.58. With the
     # noise the caption is the only reliable source. 1500-step fine-tunes of that model, 96 problems:
     # std 0 / 0.3 / 0.6 / 1.2 / 2.0 -> T2I 0.57 / 0.63 / 0.65 / 0.69 / 0.66.
