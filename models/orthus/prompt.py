@@ -47,5 +47,11 @@ def build_prompt(cfg: OrthusConfig, *segments: Segment, bos: bool = True, sep: b
 
 def edit_rows(cfg: OrthusConfig, image: torch.Tensor, instruction: Sequence[int]) -> list[Prompt]:
     """The three pix2pix CFG rows of one edit request, in the original's order (brief §1.3):
-    [image + instruction, image only, empty]."""
-    return [build_prompt(cfg, image, instruction), build_prompt(cfg, image), build_prompt(cfg)]
+    [instruction + image, image only, empty].
+
+    The instruction comes before the image. The original released no edit script, so the order within
+    a row is ours. With it first, every target patch sits a fixed distance after its source patch in
+    both image rows (source, EOI, sep, BOI, target), so copying a kept patch is one fixed-offset
+    lookup under RoPE; after the image, the offset moved with the instruction's length. The source
+    patches also see the instruction, so they can mark what changes in place."""
+    return [build_prompt(cfg, instruction, image), build_prompt(cfg, image), build_prompt(cfg)]

@@ -22,7 +22,8 @@ def test_edit_rows_layout(model: Orthus) -> None:
     img, instr = _image(0), text_ids(3, 0)
     full, image_only, empty = edit_rows(cfg, img, instr)
     block = [cfg.boi_token_id, *[cfg.image_token_id] * 4, cfg.eoi_token_id]
-    assert full.ids == [cfg.bos_token_id, *block, *instr, cfg.sep_token_id]
+    # The instruction first: target patch k then sits a fixed distance after source patch k in both image rows.
+    assert full.ids == [cfg.bos_token_id, *instr, *block, cfg.sep_token_id]
     assert image_only.ids == [cfg.bos_token_id, *block, cfg.sep_token_id]
     assert empty.ids == [cfg.bos_token_id, cfg.sep_token_id] and empty.latents is None
     assert torch.equal(full.latents, img) and torch.equal(image_only.latents, img)
@@ -51,7 +52,7 @@ def test_edit_unit_scales_equal_the_full_row(model: Orthus) -> None:
     cfg = model.config
     img, instr = _image(3), text_ids(3, 3)
     edited = model.edit_image([img], [instr], 1.0, 1.0, steps=STEPS, generator=torch.Generator().manual_seed(0))
-    plain = model.generate_image([build_prompt(cfg, img, instr)], None, steps=STEPS,
+    plain = model.generate_image([build_prompt(cfg, instr, img)], None, steps=STEPS,
                                  generator=torch.Generator().manual_seed(0))
     guided = model.edit_image([img], [instr], 4.0, 1.5, steps=STEPS, generator=torch.Generator().manual_seed(0))
     assert (edited - plain).abs().max().item() < 1e-4

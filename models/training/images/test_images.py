@@ -265,6 +265,12 @@ def test_layouts_match_inference_prompts(tok: Any, vae: ImageTokenizer) -> None:
             [*orthus_edit_rows(cfg, bank[ex_edit.source], tok.encode(ex_edit.text).ids)[0].ids, cfg.boi_token_id]]
     for i, w in enumerate(want):
         assert rows.ids[i, :len(w)].tolist() == w
+    # Condition dropout trains the other two pix2pix rows: [image only] and [empty].
+    for row, over in ((1, {"drop_text": 1.0, "drop_all": 0.0}), (2, {"drop_text": 0.0, "drop_all": 1.0})):
+        drop = ot.make_layout(tok, cfg, dataclasses.replace(O_TINY, **over))
+        got = data.collate([drop(ex_edit, bank, random.Random(0))], 0, cfg.image_token_id).ids[0].tolist()
+        w = [*orthus_edit_rows(cfg, bank[ex_edit.source], tok.encode(ex_edit.text).ids)[row].ids, cfg.boi_token_id]
+        assert got[:len(w)] == w
     cfg_n, _, _ = _nextstep_stream(tok, vae)
     layout_n = ns.make_layout(tok, cfg_n, dataclasses.replace(N_TINY, drop_text=0.0, drop_all=0.0))
     rows_n = data.collate([layout_n(ex, bank, random.Random(0)) for ex in (ex_t2i, ex_edit)], 0,
