@@ -1,15 +1,30 @@
-"""gRPC client from a dispatcher to a worker application behind Ray Serve's gRPC proxy."""
+"""gRPC client from a dispatcher to a worker application behind Ray Serve's gRPC proxy.
+
+Every call carries a call id (`tessera-call-id` metadata). A call the dispatcher gives up on (job
+cancelled, deadline passed, attempt lost) is cancelled on the channel and also named to the
+application's WorkerControlService.CancelCall, because Ray Serve's proxy does not always pass a
+cancellation on to the replica (services/workers/cancellation.py says when).
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
+from services.workers.protocol import CALL_ID_METADATA
 from tessera.v1 import images_pb2, text_pb2, understanding_pb2
 from tessera.worker.v1 import worker_pb2, worker_pb2_grpc
+
+log = logging.getLogger(__name__)
+CANCEL_TIMEOUT_S = 5.0
+# Codes with which the caller's side ended a call, not the worker: it may still be running there.
+_ENDED_BY_CALLER = {grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED}
 
 # Worker failures worth another attempt on another replica: the rest are the request's fault.
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL,
@@ -32,9 +47,11 @@ class StartedCall:
 
     call: Any
     stream: AsyncIterator[Any]
+    abandon: Callable[[], None]
 
     def cancel(self) -> None:
-        self.call.cancel()
+        """Give the call up: cancelled here and on the worker, unless it has ended already."""
+        self.abandon()
 
 
 class WorkerClient:
@@ -47,15 +64,57 @@ class WorkerClient:
         self.text = worker_pb2_grpc.TextWorkerServiceStub(self.channel)
         self.image = worker_pb2_grpc.ImageWorkerServiceStub(self.channel)
         self.understanding = worker_pb2_grpc.UnderstandingWorkerServiceStub(self.channel)
+        self.control = worker_pb2_grpc.WorkerControlServiceStub(self.channel)
+        self._cancels: set[asyncio.Task[None]] = set()  # CancelCall RPCs in flight
 
-    async def _relay(self, call: Any) -> AsyncIterator[Any]:
+    def _start(self, method: Any, request: Any, job_id: str, timeout: float | None) -> StartedCall:
+        call_id = os.urandom(8).hex()
+        call = method(request, timeout=timeout, metadata=(*self._md, (CALL_ID_METADATA, call_id)))
+        given_up = False
+
+        def give_up() -> None:  # once per call, however many ways it gets abandoned
+            nonlocal given_up
+            if not given_up:
+                given_up = True
+                call.cancel()
+                self._cancel_on_worker(call_id, job_id)
+
+        def abandon() -> None:
+            if not call.done():
+                give_up()
+
+        return StartedCall(call, self._relay(call, give_up), abandon)
+
+    @staticmethod
+    async def _relay(call: Any, give_up: Callable[[], None]) -> AsyncIterator[Any]:
+        ended = False  # the worker ended the call: finished, or failed with a status of its own
         try:
             async for msg in call:
                 yield msg
+            ended = True
         except grpc.aio.AioRpcError as e:
+            ended = e.code() not in _ENDED_BY_CALLER
             raise WorkerError(e.code(), e.details() or "") from e
         finally:
-            call.cancel()  # no-op when finished; stops the worker when the job was cancelled
+            if not ended:  # cancelled, deadline passed, or the reader stopped early
+                give_up()
+
+    def _cancel_on_worker(self, call_id: str, job_id: str) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # a generator finalized outside the loop: the channel cancel must do
+            return
+        task = loop.create_task(self._send_cancel(call_id, job_id))
+        self._cancels.add(task)
+        task.add_done_callback(self._cancels.discard)
+
+    async def _send_cancel(self, call_id: str, job_id: str) -> None:
+        try:
+            await self.control.CancelCall(worker_pb2.CancelCallRequest(call_id=call_id, job_id=job_id),
+                                          timeout=CANCEL_TIMEOUT_S, metadata=self._md)
+        except grpc.aio.AioRpcError as e:
+            # UNIMPLEMENTED: a worker without Serve's proxy in front (its channel cancel suffices).
+            log.debug("CancelCall %s (job %s): %s", call_id, job_id, e.code().name)
 
     @property
     def _md(self) -> tuple[tuple[str, str], ...]:
@@ -71,8 +130,7 @@ class WorkerClient:
         for name in ("seed", "tau_add", "tau_act", "tau_conf"):
             if p.HasField(name):
                 setattr(wreq, name, getattr(p, name))
-        call = self.text.GenerateText(wreq, timeout=timeout, metadata=self._md)
-        return StartedCall(call, self._relay(call))
+        return self._start(self.text.GenerateText, wreq, job_id, timeout)
 
     async def generate(self, job_id: str, req: text_pb2.TextRequest, skip_tokens: int,
                        timeout: float | None) -> AsyncIterator[worker_pb2.GenerateTextResponse]:
@@ -83,24 +141,26 @@ class WorkerClient:
                              timeout: float | None) -> AsyncIterator[worker_pb2.GenerateImageResponse]:
         wreq = worker_pb2.GenerateImageRequest(job_id=job_id, model=req.model, prompt=req.prompt,
                                                sampling=_sampling(req.params))
-        async for msg in self._relay(self.image.GenerateImage(wreq, timeout=timeout, metadata=self._md)):
+        async for msg in self._start(self.image.GenerateImage, wreq, job_id, timeout).stream:
             yield msg
 
     async def edit_image(self, job_id: str, req: images_pb2.ImageEditRequest,
                          timeout: float | None) -> AsyncIterator[worker_pb2.EditImageResponse]:
         wreq = worker_pb2.EditImageRequest(job_id=job_id, model=req.model, image=req.image,
                                            instruction=req.instruction, sampling=_sampling(req.params))
-        async for msg in self._relay(self.image.EditImage(wreq, timeout=timeout, metadata=self._md)):
+        async for msg in self._start(self.image.EditImage, wreq, job_id, timeout).stream:
             yield msg
 
     async def understand(self, job_id: str, req: understanding_pb2.UnderstandingRequest, skip_tokens: int,
                          timeout: float | None) -> AsyncIterator[worker_pb2.UnderstandResponse]:
         wreq = worker_pb2.UnderstandRequest(job_id=job_id, model=req.model, image=req.image, question=req.question,
                                             max_tokens=req.max_tokens, skip_tokens=skip_tokens)
-        async for msg in self._relay(self.understanding.Understand(wreq, timeout=timeout, metadata=self._md)):
+        async for msg in self._start(self.understanding.Understand, wreq, job_id, timeout).stream:
             yield msg
 
     async def close(self) -> None:
+        if self._cancels:  # let the cancellations just sent reach the worker
+            await asyncio.wait(set(self._cancels), timeout=CANCEL_TIMEOUT_S)
         await self.channel.close()
 
 

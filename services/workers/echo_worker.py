@@ -10,20 +10,24 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from services.workers.protocol import CALL_ID_METADATA
 from tessera.worker.v1 import worker_pb2, worker_pb2_grpc
 
 
-class EchoTextWorker(worker_pb2_grpc.TextWorkerServiceServicer):
+class EchoTextWorker(worker_pb2_grpc.TextWorkerServiceServicer, worker_pb2_grpc.WorkerControlServiceServicer):
     def __init__(self, delay_s: float = 0.0) -> None:
         self.delay_s = delay_s
         self.started: list[str] = []  # job ids, in call order
         self.cancelled: list[str] = []  # job ids whose call was cancelled mid-stream
         self.skips: dict[str, int] = {}
+        self.call_ids: dict[str, str] = {}  # job id -> call id (tessera-call-id metadata) of its last call
+        self.cancel_requests: list[tuple[str, str]] = []  # (call id, job id) of each CancelCall
 
     async def GenerateText(self, request: worker_pb2.GenerateTextRequest,
                            context: grpc.aio.ServicerContext) -> AsyncIterator[worker_pb2.GenerateTextResponse]:
         self.started.append(request.job_id)
         self.skips[request.job_id] = request.skip_tokens
+        self.call_ids[request.job_id] = dict(context.invocation_metadata() or ()).get(CALL_ID_METADATA, "")
         if request.prompt.startswith("!fail:"):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.prompt[6:])
         words = request.prompt.split()
@@ -43,6 +47,12 @@ class EchoTextWorker(worker_pb2_grpc.TextWorkerServiceServicer):
             finished=True, forward_passes=len(words), prompt_tokens=len(words), model=request.model or "echo",
             finish_reason="length" if request.max_tokens and len(request.prompt.split()) > limit else "stop")
 
+    async def CancelCall(self, request: worker_pb2.CancelCallRequest,
+                         context: grpc.aio.ServicerContext) -> worker_pb2.CancelCallResponse:
+        # Only recorded: on a plain grpc.aio server the channel's cancellation already stopped the call.
+        self.cancel_requests.append((request.call_id, request.job_id))
+        return worker_pb2.CancelCallResponse(cancelled_here=False)
+
     async def DescribeText(self, request: worker_pb2.DescribeTextRequest,
                            context: grpc.aio.ServicerContext) -> worker_pb2.DescribeTextResponse:
         return worker_pb2.DescribeTextResponse(models=[worker_pb2.TextModelInfo(name="echo", method="echo")])
@@ -52,6 +62,7 @@ async def start_echo_worker(port: int = 0, delay_s: float = 0.0) -> tuple[grpc.a
     server = grpc.aio.server()
     worker = EchoTextWorker(delay_s)
     worker_pb2_grpc.add_TextWorkerServiceServicer_to_server(worker, server)
+    worker_pb2_grpc.add_WorkerControlServiceServicer_to_server(worker, server)
     port = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     return server, port, worker

@@ -12,6 +12,10 @@ from typing import Protocol, runtime_checkable
 
 from tessera.worker.v1.worker_pb2 import DescribeTextResponse, GenerateTextRequest, GenerateTextResponse
 
+# Metadata naming one dispatcher -> worker call, so WorkerControlService.CancelCall can find it on
+# whichever replica runs it (services/workers/cancellation.py).
+CALL_ID_METADATA = "tessera-call-id"
+
 
 class InvalidRequestError(ValueError):
     """A request the engine refuses as given (the deployment answers INVALID_ARGUMENT)."""

@@ -28,13 +28,16 @@ from ray.serve.grpc_util import RayServegRPCContext
 
 from services.common.serve_options import DeploymentOptions
 from services.workers.base import REPO_ROOT
+from services.workers.cancellation import CallRegistry, call_id_of
 from services.workers.protocol import InvalidRequestError
+from tessera.worker.v1.worker_pb2 import CancelCallRequest, CancelCallResponse
 
 _PB = "tessera.worker.v1.worker_pb2_grpc"
 TEXT_SERVICER = f"{_PB}.add_TextWorkerServiceServicer_to_server"
 IMAGE_SERVICER = f"{_PB}.add_ImageWorkerServiceServicer_to_server"
 UNDERSTANDING_SERVICER = f"{_PB}.add_UnderstandingWorkerServiceServicer_to_server"
-ALL_SERVICERS = (TEXT_SERVICER, IMAGE_SERVICER, UNDERSTANDING_SERVICER)
+CONTROL_SERVICER = f"{_PB}.add_WorkerControlServiceServicer_to_server"  # every worker app serves it
+ALL_SERVICERS = (TEXT_SERVICER, IMAGE_SERVICER, UNDERSTANDING_SERVICER, CONTROL_SERVICER)
 LATENCY_BUCKETS_S = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0]
 
 log = logging.getLogger(__name__)
@@ -114,10 +117,12 @@ def check_grpc_options(grpc_port: int, servicer: str) -> None:
     from ray.serve.context import _get_global_client
 
     current: gRPCOptions = ray.get(_get_global_client()._controller.get_grpc_config.remote())
-    if servicer not in current.grpc_servicer_functions or current.port != grpc_port:
+    missing = [s for s in (servicer, CONTROL_SERVICER) if s not in current.grpc_servicer_functions]
+    if missing or current.port != grpc_port:
         raise RuntimeError(f"Serve is already running with gRPC port {current.port} and servicers "
                            f"{current.grpc_servicer_functions}; this worker needs port {grpc_port} with "
-                           f"{servicer}. Restart Serve (serve.shutdown()) or start it with all of ALL_SERVICERS.")
+                           f"{', '.join(missing or [servicer])}. Restart Serve (serve.shutdown()) or start it "
+                           "with all of ALL_SERVICERS.")
 
 
 def start_worker(app: WorkerApp, cfg: ServableConfig, grpc_port: int = 9000, http_port: int = 8000, *,
@@ -142,19 +147,39 @@ class RpcMetrics:
             m.set_default_tags({"model": model})
 
 
+class CancellableWorker:
+    """Mixin of every worker deployment: serves WorkerControlService.CancelCall over the replica's
+    running calls (`self.calls`, which `handled_stream` fills). Call `_start_calls()` in __init__."""
+
+    calls: CallRegistry
+
+    def _start_calls(self) -> None:
+        self.calls = CallRegistry()
+        self.calls.start()
+
+    async def CancelCall(  # named exactly like the RPC: Serve routes by name
+        self, request: CancelCallRequest, grpc_context: RayServegRPCContext | None = None,
+    ) -> CancelCallResponse:
+        return CancelCallResponse(cancelled_here=await self.calls.cancel(request.call_id, request.job_id))
+
+
 async def handled_stream(stream: AsyncIterator[T], method: str, rpc_metrics: RpcMetrics,
                          grpc_context: RayServegRPCContext | None,
-                         on_message: Callable[[T], None] | None = None) -> AsyncIterator[T]:
+                         on_message: Callable[[T], None] | None = None,
+                         calls: CallRegistry | None = None) -> AsyncIterator[T]:
     """Relay an engine's stream as a Serve streaming RPC: INVALID_ARGUMENT for requests the engine refuses,
     latency and error counts by code, and the engine's generator closed however the call ends (closing it
-    is what stops the model work when the caller cancels)."""
+    is what stops the model work when the caller cancels). With `calls`, the call is findable by its
+    call id for WorkerControlService.CancelCall while it runs."""
     started, code = time.perf_counter(), None
+    call_id = call_id_of(grpc_context.invocation_metadata()) if grpc_context is not None and calls else ""
     try:
-        async with contextlib.aclosing(stream) as s:  # type: ignore[type-var]
-            async for msg in s:
-                if on_message is not None:
-                    on_message(msg)
-                yield msg
+        with calls.track(call_id) if calls is not None else contextlib.nullcontext():
+            async with contextlib.aclosing(stream) as s:  # type: ignore[type-var]
+                async for msg in s:
+                    if on_message is not None:
+                        on_message(msg)
+                    yield msg
     except InvalidRequestError as e:
         code = "invalid_argument"
         # Serve keeps a code set on the context when the method raises (else: INTERNAL).

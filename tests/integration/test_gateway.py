@@ -65,6 +65,10 @@ def test_generate_and_stream_end_to_end(redis_server) -> None:
             assert len(final) == 1 and jobs_pb2.JobEvent.FromString(final[0][1][b"e"]).result.text.text == PROMPT
             assert (await s.store.r.xpending(s.store.queue_key("text"), "dispatchers"))["pending"] == 0
             assert (await s.store.get(resp.job_id)).tokens == 8
+            # Calls that ran to the end are never named to CancelCall; each carried its own call id.
+            await asyncio.sleep(0.2)
+            assert s.worker.cancel_requests == []
+            assert s.worker.call_ids[resp.job_id] and s.worker.call_ids[resp.job_id] != s.worker.call_ids[job.id]
     run(go())
 
 
@@ -173,6 +177,8 @@ def test_cancel_running_job_stops_the_worker(redis_server) -> None:
             job = (await s.jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=jid), metadata=md())).job
             assert job.state == jobs_pb2.JOB_STATE_CANCELLED
             await wait_for(lambda: _async_true(jid in s.worker.cancelled))
+            # The worker is also told by name (Ray Serve's proxy can lose a channel cancellation).
+            await wait_for(lambda: _async_true((s.worker.call_ids[jid], jid) in s.worker.cancel_requests))
             await asyncio.sleep(0.5)
             job = (await s.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=jid), metadata=md())).job
             assert job.state == jobs_pb2.JOB_STATE_CANCELLED and job.error.code == grpc.StatusCode.CANCELLED.value[0]
@@ -194,6 +200,10 @@ def test_client_cancel_and_deadline_stop_interactive_jobs(redis_server) -> None:
                 await s.text.Generate(text_pb2.GenerateRequest(request=text_req()), metadata=md(), timeout=0.7)
             assert ei.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             await wait_for(lambda: _async_true(len(s.worker.cancelled) == 2), timeout=5)
+            # Both calls were named to CancelCall: the cancelled one and the one past its deadline.
+            named = {(s.worker.call_ids[j], j) for j in s.worker.cancelled}
+            await wait_for(lambda: _async_true(named <= set(s.worker.cancel_requests)), timeout=5)
+            assert all(call_id for call_id, _ in named)
     run(go())
 
 

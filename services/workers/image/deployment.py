@@ -20,6 +20,7 @@ from services.workers.image.engine import ImageEngine
 from services.workers.serving import (
     IMAGE_SERVICER,
     LATENCY_BUCKETS_S,
+    CancellableWorker,
     RpcMetrics,
     WorkerApp,
     build_app,
@@ -61,7 +62,7 @@ class ImageMetrics:
         return record
 
 
-class ImageWorker:
+class ImageWorker(CancellableWorker):
     """Serves ImageWorkerService."""
 
     async def __init__(self, config: ImageWorkerConfig | Mapping[str, Any]) -> None:  # type: ignore[misc]
@@ -70,19 +71,20 @@ class ImageWorker:
         await self.engine.start()
         self.rpc_metrics = RpcMetrics(self.config.model.name)
         self.image_metrics = ImageMetrics(self.config.model.name)
+        self._start_calls()
 
     async def GenerateImage(
         self, request: GenerateImageRequest, grpc_context: RayServegRPCContext | None = None,
     ) -> AsyncIterator[GenerateImageResponse]:
         async for msg in handled_stream(self.engine.generate(request), "GenerateImage", self.rpc_metrics,
-                                        grpc_context, self.image_metrics.counter("GenerateImage")):
+                                        grpc_context, self.image_metrics.counter("GenerateImage"), self.calls):
             yield msg
 
     async def EditImage(
         self, request: EditImageRequest, grpc_context: RayServegRPCContext | None = None,
     ) -> AsyncIterator[EditImageResponse]:
         async for msg in handled_stream(self.engine.edit(request), "EditImage", self.rpc_metrics,
-                                        grpc_context, self.image_metrics.counter("EditImage")):
+                                        grpc_context, self.image_metrics.counter("EditImage"), self.calls):
             yield msg
 
     async def check_health(self) -> None:
@@ -93,6 +95,7 @@ class ImageWorker:
         return list(self.engine.batcher.batches)
 
     async def __del__(self) -> None:
+        await self.calls.stop()
         await self.engine.shutdown()
 
 

@@ -17,7 +17,14 @@ from ray.serve import metrics
 from ray.serve.grpc_util import RayServegRPCContext
 
 from services.workers.protocol import TextEngineProtocol
-from services.workers.serving import TEXT_SERVICER, RpcMetrics, WorkerApp, build_app, handled_stream
+from services.workers.serving import (
+    TEXT_SERVICER,
+    CancellableWorker,
+    RpcMetrics,
+    WorkerApp,
+    build_app,
+    handled_stream,
+)
 from services.workers.text.config import TextWorkerConfig, load_config
 from services.workers.text.engine import LocalTextEngine
 from tessera.worker.v1.worker_pb2 import (
@@ -54,7 +61,7 @@ class TokenMetrics:
                 self.tokens_per_forward.observe((tokens + skipped) / last.forward_passes)
 
 
-class TextWorker:
+class TextWorker(CancellableWorker):
     """Serves TextWorkerService over one text engine."""
 
     # Ray Serve awaits an async constructor; the engine loads the model here.
@@ -65,6 +72,7 @@ class TextWorker:
         await self.engine.start()
         self.rpc_metrics = RpcMetrics(self.config.model.name)
         self.token_metrics = TokenMetrics(self.config.model.name)
+        self._start_calls()
 
     async def GenerateText(  # named exactly like the RPC: Serve routes by name
         self, request: GenerateTextRequest, grpc_context: RayServegRPCContext | None = None,
@@ -79,7 +87,7 @@ class TextWorker:
 
         try:
             async for msg in handled_stream(self.engine.generate(request), "GenerateText", self.rpc_metrics,
-                                            grpc_context, count):
+                                            grpc_context, count, self.calls):
                 yield msg
         finally:
             last = seen[0] if seen else None
@@ -99,6 +107,7 @@ class TextWorker:
 
     async def __del__(self) -> None:
         # Serve awaits this on graceful shutdown.
+        await self.calls.stop()
         await self.engine.shutdown()
 
 

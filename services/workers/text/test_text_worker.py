@@ -16,11 +16,17 @@ from ray import serve
 
 from models.engine import TextEngine
 from models.sampling import SamplingParams
+from services.workers.protocol import CALL_ID_METADATA
 from services.workers.text.config import TextWorkerConfig
 from services.workers.text.conftest import MAX_POSITIONS
 from services.workers.text.server import APP_NAME, start_text_worker
 from tessera.worker.v1 import worker_pb2_grpc
-from tessera.worker.v1.worker_pb2 import DescribeTextRequest, GenerateTextRequest, GenerateTextResponse
+from tessera.worker.v1.worker_pb2 import (
+    CancelCallRequest,
+    DescribeTextRequest,
+    GenerateTextRequest,
+    GenerateTextResponse,
+)
 
 MD = (("application", APP_NAME),)
 PROMPT = "What is 2+3?"
@@ -33,6 +39,11 @@ class Worker:
     stub: worker_pb2_grpc.TextWorkerServiceStub
     handle: Any  # DeploymentHandle of TextWorker, for job_stats
     ref: TextEngine  # the same model, decoded in this process
+    control: worker_pb2_grpc.WorkerControlServiceStub
+
+    def cancel_call(self, call_id: str, job_id: str) -> bool:
+        req = CancelCallRequest(call_id=call_id, job_id=job_id)
+        return self.control.CancelCall(req, metadata=MD, timeout=30).cancelled_here
 
     def generate(self, timeout: float = 60, **fields: Any) -> list[GenerateTextResponse]:
         req = GenerateTextRequest(prompt=PROMPT, **fields)
@@ -55,7 +66,8 @@ def worker(tiny_model_dir: Path, serve_cluster: Any) -> Iterator[Worker]:
     try:
         handle = serve.get_deployment_handle(cfg.deployment.name, app_name=APP_NAME)
         yield Worker(worker_pb2_grpc.TextWorkerServiceStub(channel), handle,
-                     TextEngine(tiny_model_dir, "d2f", cfg.model.decoder.options_for("d2f")))
+                     TextEngine(tiny_model_dir, "d2f", cfg.model.decoder.options_for("d2f")),
+                     worker_pb2_grpc.WorkerControlServiceStub(channel))
     finally:
         channel.close()
         serve.delete(APP_NAME)
@@ -127,24 +139,50 @@ def wait_stopped(worker: Worker, job_id: str) -> dict[str, Any]:
     return later
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "Ray Serve 2.60's gRPC proxy does not always cancel the replica's streaming handler when the client "
-    "cancels: in the full suite the job ran to the end (900 forwards) in 3 of 5 runs. Tracked in the issue "
-    "notes; the gateway-side cancellation is covered by tests/integration."))
-def test_client_cancel_and_deadline_stop_decoding(worker: Worker) -> None:
-    call = worker.stub.GenerateText(GenerateTextRequest(job_id="cancel", prompt=PROMPT, **SLOW), metadata=MD,
-                                    timeout=60)
+def _slow_call(worker: Worker, job_id: str, timeout: float = 60) -> Any:
+    """A long generation, sent like the dispatcher sends it: with a call id (here: call-<job id>)."""
+    md = (*MD, (CALL_ID_METADATA, f"call-{job_id}"))
+    return worker.stub.GenerateText(GenerateTextRequest(job_id=job_id, prompt=PROMPT, **SLOW), metadata=md,
+                                    timeout=timeout)
+
+
+def _stopped_early(st: dict[str, Any]) -> bool:
+    # A full run is 900 forwards; stopping within a few of the cancel means the loop really ended.
+    return st["state"] == "cancelled" and st["forwards"] < SLOW["max_tokens"] // 2
+
+
+def test_cancel_call_stops_decoding_on_the_replica(worker: Worker) -> None:
+    """WorkerControlService.CancelCall alone, with the caller still connected: the call's decoding
+    loop stops and its stream ends. This is what stops a call whose channel cancellation Ray
+    Serve's proxy lost (services/workers/cancellation.py)."""
+    call = _slow_call(worker, "named")
+    assert next(call).token_count > 0
+    assert worker.cancel_call("call-named", "named")  # this replica runs it
+    assert _stopped_early(wait_stopped(worker, "named"))
+    with pytest.raises(grpc.RpcError):
+        list(call)  # the stream ends with an error status, not with a finished message
+
+    # A cancel that overtakes its call (it reached the replica first): the call stops as it starts.
+    assert not worker.cancel_call("call-overtaken", "overtaken")  # not running anywhere yet
+    with pytest.raises(grpc.RpcError):
+        list(_slow_call(worker, "overtaken"))
+    assert _stopped_early(wait_stopped(worker, "overtaken"))
+
+
+def test_cancelled_and_expired_calls_stop_decoding(worker: Worker) -> None:
+    """What the dispatcher does when it gives a call up, cancelled or past its deadline: cancel it
+    on the channel and name it to CancelCall. Decoding stops either way."""
+    call = _slow_call(worker, "cancel")
     assert next(call).token_count > 0
     call.cancel()
-    st = wait_stopped(worker, "cancel")
-    # A full run is 900 forwards; stopping within a few of the cancel means the loop really ended.
-    assert st["state"] == "cancelled" and st["forwards"] < SLOW["max_tokens"] // 2, st
+    worker.cancel_call("call-cancel", "cancel")  # False when Serve's own cancellation got there first
+    assert _stopped_early(wait_stopped(worker, "cancel"))
 
     with pytest.raises(grpc.RpcError) as err:
-        worker.generate(job_id="deadline", timeout=0.5, **SLOW)
+        list(_slow_call(worker, "deadline", timeout=0.5))
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    st = wait_stopped(worker, "deadline")
-    assert st["state"] == "cancelled" and st["forwards"] < SLOW["max_tokens"] // 2, st
+    worker.cancel_call("call-deadline", "deadline")
+    assert _stopped_early(wait_stopped(worker, "deadline"))
 
     t0 = time.monotonic()
     assert worker.generate(job_id="after", max_tokens=32, timeout=10)[-1].finished

@@ -10,13 +10,20 @@ from ray import serve
 from ray.serve import metrics
 from ray.serve.grpc_util import RayServegRPCContext
 
-from services.workers.serving import UNDERSTANDING_SERVICER, RpcMetrics, WorkerApp, build_app, handled_stream
+from services.workers.serving import (
+    UNDERSTANDING_SERVICER,
+    CancellableWorker,
+    RpcMetrics,
+    WorkerApp,
+    build_app,
+    handled_stream,
+)
 from services.workers.understanding.config import UnderstandingWorkerConfig, load_config
 from services.workers.understanding.engine import UnderstandingEngine
 from tessera.worker.v1.worker_pb2 import UnderstandRequest, UnderstandResponse
 
 
-class UnderstandingWorker:
+class UnderstandingWorker(CancellableWorker):
     """Serves UnderstandingWorkerService."""
 
     async def __init__(self, config: UnderstandingWorkerConfig | Mapping[str, Any]) -> None:  # type: ignore[misc]
@@ -27,6 +34,7 @@ class UnderstandingWorker:
         self.tokens = metrics.Counter("tessera_worker_generated_tokens", description="Tokens streamed to callers.",
                                       tag_keys=("model",))
         self.tokens.set_default_tags({"model": self.config.model.name})
+        self._start_calls()
 
     def _count(self, msg: UnderstandResponse) -> None:
         if msg.token_count:
@@ -36,13 +44,14 @@ class UnderstandingWorker:
         self, request: UnderstandRequest, grpc_context: RayServegRPCContext | None = None,
     ) -> AsyncIterator[UnderstandResponse]:
         async for msg in handled_stream(self.engine.understand(request), "Understand", self.rpc_metrics,
-                                        grpc_context, self._count):
+                                        grpc_context, self._count, self.calls):
             yield msg
 
     async def check_health(self) -> None:
         await self.engine.check_health()
 
     async def __del__(self) -> None:
+        await self.calls.stop()
         await self.engine.shutdown()
 
 

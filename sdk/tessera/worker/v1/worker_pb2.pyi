@@ -197,3 +197,17 @@ class UnderstandResponse(_message.Message):
     prompt_tokens: int
     model: str
     def __init__(self, text: _Optional[str] = ..., token_count: _Optional[int] = ..., forward_passes: _Optional[int] = ..., finished: _Optional[bool] = ..., finish_reason: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., model: _Optional[str] = ...) -> None: ...
+
+class CancelCallRequest(_message.Message):
+    __slots__ = ("call_id", "job_id")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    job_id: str
+    def __init__(self, call_id: _Optional[str] = ..., job_id: _Optional[str] = ...) -> None: ...
+
+class CancelCallResponse(_message.Message):
+    __slots__ = ("cancelled_here",)
+    CANCELLED_HERE_FIELD_NUMBER: _ClassVar[int]
+    cancelled_here: bool
+    def __init__(self, cancelled_here: _Optional[bool] = ...) -> None: ...

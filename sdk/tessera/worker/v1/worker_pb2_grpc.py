@@ -351,3 +351,91 @@ class UnderstandingWorkerService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class WorkerControlServiceStub:
+    """Cancellation of a call on whichever replica of an application runs it. Ray Serve's gRPC proxy
+    does not always pass a caller's cancellation (or an expired deadline) on to the replica: it is
+    lost when it lands while the proxy is writing a message to the caller, and the model then works
+    to the end for nobody. A dispatcher that ends a call early therefore also names it here; every
+    worker deployment serves this service.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.CancelCall = channel.unary_unary(
+                '/tessera.worker.v1.WorkerControlService/CancelCall',
+                request_serializer=tessera_dot_worker_dot_v1_dot_worker__pb2.CancelCallRequest.SerializeToString,
+                response_deserializer=tessera_dot_worker_dot_v1_dot_worker__pb2.CancelCallResponse.FromString,
+                _registered_method=True)
+
+
+class WorkerControlServiceServicer:
+    """Cancellation of a call on whichever replica of an application runs it. Ray Serve's gRPC proxy
+    does not always pass a caller's cancellation (or an expired deadline) on to the replica: it is
+    lost when it lands while the proxy is writing a message to the caller, and the model then works
+    to the end for nobody. A dispatcher that ends a call early therefore also names it here; every
+    worker deployment serves this service.
+    """
+
+    def CancelCall(self, request, context):
+        """Cancel one call, named by the `tessera-call-id` metadata it was sent with.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_WorkerControlServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'CancelCall': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelCall,
+                    request_deserializer=tessera_dot_worker_dot_v1_dot_worker__pb2.CancelCallRequest.FromString,
+                    response_serializer=tessera_dot_worker_dot_v1_dot_worker__pb2.CancelCallResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'tessera.worker.v1.WorkerControlService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('tessera.worker.v1.WorkerControlService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class WorkerControlService:
+    """Cancellation of a call on whichever replica of an application runs it. Ray Serve's gRPC proxy
+    does not always pass a caller's cancellation (or an expired deadline) on to the replica: it is
+    lost when it lands while the proxy is writing a message to the caller, and the model then works
+    to the end for nobody. A dispatcher that ends a call early therefore also names it here; every
+    worker deployment serves this service.
+    """
+
+    @staticmethod
+    def CancelCall(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.worker.v1.WorkerControlService/CancelCall',
+            tessera_dot_worker_dot_v1_dot_worker__pb2.CancelCallRequest.SerializeToString,
+            tessera_dot_worker_dot_v1_dot_worker__pb2.CancelCallResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
