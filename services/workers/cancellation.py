@@ -1,11 +1,13 @@
 """Cancelling a worker call on whichever replica runs it (WorkerControlService.CancelCall).
 
-Why this exists: Ray Serve's gRPC proxy cancels a replica's streaming handler only when the caller's
-cancellation reaches the proxy while it waits for the replica's next message. One that lands while
-the proxy is writing a message to the caller cancels the proxy's own task outside the response
-generator, the replica is never told, and the model decodes to the end for nobody (the xfail this
-replaced: 3 runs in 5 in the full suite). So the dispatcher also names the call it gave up on, by the
-`tessera-call-id` metadata it sent it with, and any replica of the application answers:
+Why this exists: Ray Serve's gRPC proxy (2.60) does not always pass a caller's cancellation on to
+the replica. By our reading of its code, one that lands while the proxy waits for the replica's
+next message cancels the replica's handler, but one that lands while the proxy writes a message to
+the caller cancels the proxy's own task outside the response generator: the replica is never told
+and the model decodes to the end for nobody. Measured with the tiny text model (24 slow generations,
+each cancelled on the channel after 1-3 messages): 6 kept decoding, and CancelCall stopped each of
+those 6. So the dispatcher also names the call it gave up on, by the `tessera-call-id` metadata it
+sent it with, and any replica of the application answers:
 
 - every replica keeps its running calls by call id (`CallRegistry.track`, used by
   serving.handled_stream);
