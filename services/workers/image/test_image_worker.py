@@ -18,8 +18,9 @@ from services.workers.image.config import ImageWorkerConfig
 from services.workers.image.deployment import IMAGE_APP
 from services.workers.image.server import start_image_worker
 from services.workers.image.testing import NATIVE, PATCHES
+from services.workers.protocol import CALL_ID_METADATA
 from tessera.worker.v1 import worker_pb2_grpc
-from tessera.worker.v1.worker_pb2 import EditImageRequest, GenerateImageRequest, ImageSampling
+from tessera.worker.v1.worker_pb2 import CancelCallRequest, EditImageRequest, GenerateImageRequest, ImageSampling
 
 MD = (("application", IMAGE_APP.name),)
 
@@ -72,3 +73,17 @@ def test_bad_requests_are_invalid_argument(stub: Any, request_: Any, message: st
         list(call(request_, metadata=MD, timeout=30))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
     assert message in err.value.details()
+
+
+def test_cancel_call_stops_an_image_call_midway(stub: Any, serve_cluster: Any) -> None:
+    """WorkerControlService.CancelCall reaches the image app's running call by its call id (the
+    dispatcher's fallback for cancellations Serve's proxy loses): the stream ends early, with an error."""
+    req = GenerateImageRequest(job_id="doomed", prompt="a red circle", sampling=ImageSampling(steps=200, seed=1))
+    call = stub.GenerateImage(req, metadata=(*MD, (CALL_ID_METADATA, "image-call")), timeout=60)
+    assert next(call).step.patches_done == 1
+    with grpc.insecure_channel(f"127.0.0.1:{serve_cluster.grpc_port}") as ch:
+        control = worker_pb2_grpc.WorkerControlServiceStub(ch)
+        assert control.CancelCall(CancelCallRequest(call_id="image-call", job_id="doomed"), metadata=MD,
+                                  timeout=30).cancelled_here
+    with pytest.raises(grpc.RpcError):  # not the remaining patches and a PNG
+        list(call)
