@@ -96,6 +96,10 @@ class Subscription(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.ready: asyncio.Future[None] = loop.create_future()
         self.closed: asyncio.Future[None] = loop.create_future()
+        for fut in (self.ready, self.closed):
+            # Nobody may be awaiting them when the connection goes (e.g. a subscriber shutting down):
+            # mark the error seen, or asyncio logs "Future exception was never retrieved" at exit.
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
