@@ -100,8 +100,10 @@ end
 return 1
 """
 
-# Claim a job for a dispatch attempt: QUEUED/RUNNING -> RUNNING with attempts + 1.
-# Returns {attempt, record}: attempt 0 if the job already ended, -1 if it is gone.
+# Claim a job for a dispatch attempt: QUEUED/RUNNING -> RUNNING with attempts + 1, recording the
+# attempt's worker call id (ARGV[3]). Returns {attempt, record}, the record read before the new call
+# id is written (so it names the previous attempt's call); attempt 0 if the job already ended, -1 if
+# it is gone.
 _START = """
 local job, events = KEYS[1], KEYS[2]
 local state = redis.call('HGET', job, 'state')
@@ -110,7 +112,9 @@ if state ~= '1' and state ~= '2' then return {0, {}} end
 local attempts = redis.call('HINCRBY', job, 'attempts', 1)
 redis.call('HSET', job, 'state', 2, 'update_ms', ARGV[1])
 redis.call('XADD', events, '*', 'e', ARGV[2])
-return {attempts, redis.call('HGETALL', job)}
+local record = redis.call('HGETALL', job)
+if ARGV[3] ~= '' then redis.call('HSET', job, 'call', ARGV[3]) end
+return {attempts, record}
 """
 
 # Append text chunks (ARGV[5..]) if the caller still owns the running attempt (fencing).
@@ -150,6 +154,7 @@ class JobRecord:
     deadline_ms: int
     tokens: int
     create_ms: int
+    call_id: str = ""  # worker call id of the latest attempt (from claim: the attempt before it)
 
 
 class JobStore:
@@ -279,11 +284,12 @@ class JobStore:
                 self.queue_key(service) if service else self.queue_key("_")]
         return await self._transition(keys=keys, args=args) == 1
 
-    async def claim(self, job_id: str) -> tuple[int, JobRecord | None]:
-        """Start a dispatch attempt: (attempt number, the job's record); attempt <= 0 when the job
-        already ended (0) or is gone (-1)."""
+    async def claim(self, job_id: str, call_id: str = "") -> tuple[int, JobRecord | None]:
+        """Start a dispatch attempt whose worker call will carry `call_id`: (attempt number, the job's
+        record, whose call_id is the previous attempt's); attempt <= 0 when the job already ended (0)
+        or is gone (-1)."""
         attempt, flat = await self._start(keys=[self.job_key(job_id), self.events_key(job_id)],
-                                          args=[now_ms(), event_bytes(state=jobs_pb2.JOB_STATE_RUNNING)])
+                                          args=[now_ms(), event_bytes(state=jobs_pb2.JOB_STATE_RUNNING), call_id])
         return int(attempt), _record(job_id, dict(zip(flat[::2], flat[1::2], strict=True)))
 
     async def start(self, job_id: str) -> int:
@@ -368,4 +374,5 @@ def _record(job_id: str, h: dict[bytes, bytes]) -> JobRecord | None:
     if g.get("error"):
         job.error.ParseFromString(g["error"])
     return JobRecord(job, g.get("owner", b"").decode(), g.get("service", b"").decode(),
-                     int(g.get("deadline_ms", b"0")), int(g.get("tokens", b"0")), int(g["create_ms"]))
+                     int(g.get("deadline_ms", b"0")), int(g.get("tokens", b"0")), int(g["create_ms"]),
+                     g.get("call", b"").decode())

@@ -32,7 +32,7 @@ from services.common.aio import cancel_all
 from services.common.jobstore import GROUP, SERVICE_OF, TERMINAL, JobStore, now_ms
 from services.common.metrics import Metrics
 from services.dispatcher.runners import RUNNERS, Attempt
-from services.dispatcher.worker_client import StartedCall, WorkerClient
+from services.dispatcher.worker_client import StartedCall, WorkerClient, new_call_id
 from services.gateway.config import DispatcherConfig
 from tessera.v1 import jobs_pb2
 
@@ -141,10 +141,16 @@ class Dispatcher:
         return self.worker.start_generate(job_id, spec.text, 0, timeout)
 
     async def _process_job(self, entry_id: str, job_id: str, early: StartedCall | None = None) -> None:
-        attempt, rec = await self.store.claim(job_id)
+        call_id = early.call_id if early is not None else new_call_id()
+        attempt, rec = await self.store.claim(job_id, call_id)
         if early is not None and (attempt != 1 or rec is None or rec.tokens):
             early.cancel()
             early = None
+            call_id = new_call_id()  # never reuse a cancelled call's id (the record keeps the old one)
+        if attempt > 1 and rec is not None and rec.call_id:
+            # The previous attempt's call may still run: its dispatcher died, and Serve's proxy can
+            # lose the disconnect. Stop it; this attempt resumes where its events stopped.
+            self.worker.cancel_on_worker(rec.call_id, job_id)
         if attempt <= 0 or rec is None:  # ended (e.g. cancelled while queued) or expired
             await self.store.done(self.service, entry_id)
             return
@@ -174,7 +180,7 @@ class Dispatcher:
             return
         outcome = await runner(Attempt(self.store, self.metrics, self.worker, self.service, job_id, attempt, rec,
                                        timeout, entry_id, self.cfg.chunk_linger_ms / 1000,
-                                       early.stream if early is not None else None))
+                                       early.stream if early is not None else None, call_id))
         if outcome == "retry":
             log.warning("job %s attempt %d: %s worker unavailable; retrying", job_id, attempt, self.service)
         if outcome in ("ok", "failed"):  # the final write retired the queue entry too

@@ -102,6 +102,7 @@ class Attempt:
     entry_id: str
     linger_s: float = 0.0  # see _ChunkWriter
     started: AsyncIterator[Any] | None = None  # the worker call, if the dispatcher already made it
+    call_id: str = ""  # the worker call's id, recorded by the claim (new calls carry it)
 
     @property
     def created(self) -> float:
@@ -198,7 +199,7 @@ async def run_text(a: Attempt) -> str:
     def result(text: str, finish: int, usage: text_pb2.TextUsage, model: str) -> jobs_pb2.JobResult:
         return jobs_pb2.JobResult(text=text_pb2.TextResult(text=text, finish_reason=finish, usage=usage, model=model))
 
-    stream = a.started or a.worker.generate(a.job_id, req, a.rec.tokens, a.timeout)
+    stream = a.started or a.worker.generate(a.job_id, req, a.rec.tokens, a.timeout, a.call_id)
     return await _guarded(a, lambda: _run_tokens(a, stream, req.model, req.params.max_tokens or 128, result))
 
 
@@ -209,7 +210,7 @@ async def run_understand(a: Attempt) -> str:
         return jobs_pb2.JobResult(understand=understanding_pb2.UnderstandingResult(
             text=text, finish_reason=finish, usage=usage, model=model))
 
-    stream = a.worker.understand(a.job_id, req, a.rec.tokens, a.timeout)
+    stream = a.worker.understand(a.job_id, req, a.rec.tokens, a.timeout, a.call_id)
     return await _guarded(a, lambda: _run_tokens(a, stream, req.model, req.max_tokens or 16, result))
 
 
@@ -220,8 +221,8 @@ async def run_image(a: Attempt) -> str:
     spec = a.rec.job.spec
     kind = spec.WhichOneof("kind")
     req = spec.image if kind == "image" else spec.edit
-    stream = (a.worker.generate_image(a.job_id, spec.image, a.timeout) if kind == "image"
-              else a.worker.edit_image(a.job_id, spec.edit, a.timeout))
+    stream = (a.worker.generate_image(a.job_id, spec.image, a.timeout, a.call_id) if kind == "image"
+              else a.worker.edit_image(a.job_id, spec.edit, a.timeout, a.call_id))
     return await _guarded(a, lambda: _run_image_stream(a, stream, req.model, kind or "image", req.params.seed))
 
 

@@ -26,6 +26,10 @@ CANCEL_TIMEOUT_S = 5.0
 # Codes with which the caller's side ended a call, not the worker: it may still be running there.
 _ENDED_BY_CALLER = {grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED}
 
+
+def new_call_id() -> str:
+    return os.urandom(8).hex()
+
 # Worker failures worth another attempt on another replica: the rest are the request's fault.
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL,
              grpc.StatusCode.UNKNOWN, grpc.StatusCode.ABORTED}
@@ -48,6 +52,7 @@ class StartedCall:
     call: Any
     stream: AsyncIterator[Any]
     abandon: Callable[[], None]
+    call_id: str
 
     def cancel(self) -> None:
         """Give the call up: cancelled here and on the worker, unless it has ended already."""
@@ -67,8 +72,8 @@ class WorkerClient:
         self.control = worker_pb2_grpc.WorkerControlServiceStub(self.channel)
         self._cancels: set[asyncio.Task[None]] = set()  # CancelCall RPCs in flight
 
-    def _start(self, method: Any, request: Any, job_id: str, timeout: float | None) -> StartedCall:
-        call_id = os.urandom(8).hex()
+    def _start(self, method: Any, request: Any, job_id: str, timeout: float | None, call_id: str = "") -> StartedCall:
+        call_id = call_id or new_call_id()
         call = method(request, timeout=timeout, metadata=(*self._md, (CALL_ID_METADATA, call_id)))
         given_up = False
 
@@ -77,13 +82,13 @@ class WorkerClient:
             if not given_up:
                 given_up = True
                 call.cancel()
-                self._cancel_on_worker(call_id, job_id)
+                self.cancel_on_worker(call_id, job_id)
 
         def abandon() -> None:
             if not call.done():
                 give_up()
 
-        return StartedCall(call, self._relay(call, give_up), abandon)
+        return StartedCall(call, self._relay(call, give_up), abandon, call_id)
 
     @staticmethod
     async def _relay(call: Any, give_up: Callable[[], None]) -> AsyncIterator[Any]:
@@ -99,7 +104,8 @@ class WorkerClient:
             if not ended:  # cancelled, deadline passed, or the reader stopped early
                 give_up()
 
-    def _cancel_on_worker(self, call_id: str, job_id: str) -> None:
+    def cancel_on_worker(self, call_id: str, job_id: str) -> None:
+        """Name a call to the worker application's CancelCall, in the background."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # a generator finalized outside the loop: the channel cancel must do
@@ -121,7 +127,7 @@ class WorkerClient:
         return (("application", self.application),)
 
     def start_generate(self, job_id: str, req: text_pb2.TextRequest, skip_tokens: int,
-                       timeout: float | None) -> StartedCall:
+                       timeout: float | None, call_id: str = "") -> StartedCall:
         """Start the text call now (a grpc.aio call is on its way once created); read it later."""
         p = req.params
         wreq = worker_pb2.GenerateTextRequest(
@@ -130,32 +136,32 @@ class WorkerClient:
         for name in ("seed", "tau_add", "tau_act", "tau_conf"):
             if p.HasField(name):
                 setattr(wreq, name, getattr(p, name))
-        return self._start(self.text.GenerateText, wreq, job_id, timeout)
+        return self._start(self.text.GenerateText, wreq, job_id, timeout, call_id)
 
     async def generate(self, job_id: str, req: text_pb2.TextRequest, skip_tokens: int,
-                       timeout: float | None) -> AsyncIterator[worker_pb2.GenerateTextResponse]:
-        async for msg in self.start_generate(job_id, req, skip_tokens, timeout).stream:
+                       timeout: float | None, call_id: str = "") -> AsyncIterator[worker_pb2.GenerateTextResponse]:
+        async for msg in self.start_generate(job_id, req, skip_tokens, timeout, call_id).stream:
             yield msg
 
-    async def generate_image(self, job_id: str, req: images_pb2.ImageRequest,
-                             timeout: float | None) -> AsyncIterator[worker_pb2.GenerateImageResponse]:
+    async def generate_image(self, job_id: str, req: images_pb2.ImageRequest, timeout: float | None,
+                             call_id: str = "") -> AsyncIterator[worker_pb2.GenerateImageResponse]:
         wreq = worker_pb2.GenerateImageRequest(job_id=job_id, model=req.model, prompt=req.prompt,
                                                sampling=_sampling(req.params))
-        async for msg in self._start(self.image.GenerateImage, wreq, job_id, timeout).stream:
+        async for msg in self._start(self.image.GenerateImage, wreq, job_id, timeout, call_id).stream:
             yield msg
 
     async def edit_image(self, job_id: str, req: images_pb2.ImageEditRequest,
-                         timeout: float | None) -> AsyncIterator[worker_pb2.EditImageResponse]:
+                         timeout: float | None, call_id: str = "") -> AsyncIterator[worker_pb2.EditImageResponse]:
         wreq = worker_pb2.EditImageRequest(job_id=job_id, model=req.model, image=req.image,
                                            instruction=req.instruction, sampling=_sampling(req.params))
-        async for msg in self._start(self.image.EditImage, wreq, job_id, timeout).stream:
+        async for msg in self._start(self.image.EditImage, wreq, job_id, timeout, call_id).stream:
             yield msg
 
     async def understand(self, job_id: str, req: understanding_pb2.UnderstandingRequest, skip_tokens: int,
-                         timeout: float | None) -> AsyncIterator[worker_pb2.UnderstandResponse]:
+                         timeout: float | None, call_id: str = "") -> AsyncIterator[worker_pb2.UnderstandResponse]:
         wreq = worker_pb2.UnderstandRequest(job_id=job_id, model=req.model, image=req.image, question=req.question,
                                             max_tokens=req.max_tokens, skip_tokens=skip_tokens)
-        async for msg in self._start(self.understanding.Understand, wreq, job_id, timeout).stream:
+        async for msg in self._start(self.understanding.Understand, wreq, job_id, timeout, call_id).stream:
             yield msg
 
     async def close(self) -> None:

@@ -20,14 +20,15 @@ class EchoTextWorker(worker_pb2_grpc.TextWorkerServiceServicer, worker_pb2_grpc.
         self.started: list[str] = []  # job ids, in call order
         self.cancelled: list[str] = []  # job ids whose call was cancelled mid-stream
         self.skips: dict[str, int] = {}
-        self.call_ids: dict[str, str] = {}  # job id -> call id (tessera-call-id metadata) of its last call
+        self.call_ids: dict[str, list[str]] = {}  # job id -> call ids (tessera-call-id metadata), in order
         self.cancel_requests: list[tuple[str, str]] = []  # (call id, job id) of each CancelCall
 
     async def GenerateText(self, request: worker_pb2.GenerateTextRequest,
                            context: grpc.aio.ServicerContext) -> AsyncIterator[worker_pb2.GenerateTextResponse]:
         self.started.append(request.job_id)
         self.skips[request.job_id] = request.skip_tokens
-        self.call_ids[request.job_id] = dict(context.invocation_metadata() or ()).get(CALL_ID_METADATA, "")
+        call_id = dict(context.invocation_metadata() or ()).get(CALL_ID_METADATA, "")
+        self.call_ids.setdefault(request.job_id, []).append(call_id)
         if request.prompt.startswith("!fail:"):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.prompt[6:])
         words = request.prompt.split()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -64,8 +65,9 @@ async def stack(redis_url: str, delay_s: float = 0.0, dispatcher: bool = True, r
 
 
 async def wait_for(pred, timeout: float = 10.0, every: float = 0.02) -> None:
+    """Poll `pred` (returning a bool, or an awaitable of one) until it holds."""
     deadline = asyncio.get_running_loop().time() + timeout
-    while not await pred():
+    while not (await r if inspect.isawaitable(r := pred()) else r):
         if asyncio.get_running_loop().time() > deadline:
             raise TimeoutError("condition not met in time")
         await asyncio.sleep(every)

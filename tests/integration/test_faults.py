@@ -66,6 +66,12 @@ def test_killed_dispatcher_job_is_reclaimed_and_finished_without_duplicates(redi
             assert rec.job.attempts == 2
             assert rec.job.result.text.text == WORDS
             assert s.worker.skips[jid] >= killed_at  # the second attempt resumed, it did not restart
+            # The survivor also named the killed dispatcher's call to CancelCall (the claim recorded
+            # its id): behind Serve's proxy that orphan could otherwise decode to the end.
+            first_call, second_call = s.worker.call_ids[jid]
+            await wait_for(lambda: (first_call, jid) in s.worker.cancel_requests, timeout=5)
+            assert (second_call, jid) not in s.worker.cancel_requests
+            assert (await s.store.get(jid)).call_id == second_call
             chunks = [e.event.text_chunk.text async for e in s.jobs.WatchJob(
                 jobs_pb2.WatchJobRequest(job_id=jid), metadata=md()) if e.event.WhichOneof("kind") == "text_chunk"]
             assert "".join(chunks) == WORDS  # every word exactly once across both attempts

@@ -68,7 +68,8 @@ def test_generate_and_stream_end_to_end(redis_server) -> None:
             # Calls that ran to the end are never named to CancelCall; each carried its own call id.
             await asyncio.sleep(0.2)
             assert s.worker.cancel_requests == []
-            assert s.worker.call_ids[resp.job_id] and s.worker.call_ids[resp.job_id] != s.worker.call_ids[job.id]
+            ids = [s.worker.call_ids[j] for j in (resp.job_id, job.id)]
+            assert len(ids[0]) == len(ids[1]) == 1 and ids[0][0] and ids[0] != ids[1]
     run(go())
 
 
@@ -176,9 +177,9 @@ def test_cancel_running_job_stops_the_worker(redis_server) -> None:
             await wait_for(lambda: _has_chunks(s, jid))
             job = (await s.jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=jid), metadata=md())).job
             assert job.state == jobs_pb2.JOB_STATE_CANCELLED
-            await wait_for(lambda: _async_true(jid in s.worker.cancelled))
+            await wait_for(lambda: jid in s.worker.cancelled)
             # The worker is also told by name (Ray Serve's proxy can lose a channel cancellation).
-            await wait_for(lambda: _async_true((s.worker.call_ids[jid], jid) in s.worker.cancel_requests))
+            await wait_for(lambda: (s.worker.call_ids[jid][-1], jid) in s.worker.cancel_requests)
             await asyncio.sleep(0.5)
             job = (await s.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=jid), metadata=md())).job
             assert job.state == jobs_pb2.JOB_STATE_CANCELLED and job.error.code == grpc.StatusCode.CANCELLED.value[0]
@@ -193,16 +194,16 @@ def test_client_cancel_and_deadline_stop_interactive_jobs(redis_server) -> None:
             first = await call.read()
             await call.read()  # wait for a text chunk: the job is running
             call.cancel()
-            await wait_for(lambda: _async_true(first.job_id in s.worker.cancelled))
+            await wait_for(lambda: first.job_id in s.worker.cancelled)
             rec = await s.store.get(first.job_id)
             assert rec.job.state == jobs_pb2.JOB_STATE_CANCELLED
             with pytest.raises(grpc.aio.AioRpcError) as ei:
                 await s.text.Generate(text_pb2.GenerateRequest(request=text_req()), metadata=md(), timeout=0.7)
             assert ei.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-            await wait_for(lambda: _async_true(len(s.worker.cancelled) == 2), timeout=5)
+            await wait_for(lambda: len(s.worker.cancelled) == 2, timeout=5)
             # Both calls were named to CancelCall: the cancelled one and the one past its deadline.
-            named = {(s.worker.call_ids[j], j) for j in s.worker.cancelled}
-            await wait_for(lambda: _async_true(named <= set(s.worker.cancel_requests)), timeout=5)
+            named = {(s.worker.call_ids[j][-1], j) for j in s.worker.cancelled}
+            await wait_for(lambda: named <= set(s.worker.cancel_requests), timeout=5)
             assert all(call_id for call_id, _ in named)
     run(go())
 
@@ -245,7 +246,3 @@ def test_unavailable_worker_exhausts_attempts_into_the_dead_letter_stream(redis_
 async def _has_chunks(s, jid: str) -> bool:
     rec = await s.store.get(jid)
     return rec is not None and rec.tokens >= 2
-
-
-async def _async_true(v: bool) -> bool:
-    return v
