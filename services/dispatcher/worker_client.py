@@ -26,13 +26,13 @@ CANCEL_TIMEOUT_S = 5.0
 # Codes with which the caller's side ended a call, not the worker: it may still be running there.
 _ENDED_BY_CALLER = {grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED}
 
-
-def new_call_id() -> str:
-    return os.urandom(8).hex()
-
 # Worker failures worth another attempt on another replica: the rest are the request's fault.
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL,
              grpc.StatusCode.UNKNOWN, grpc.StatusCode.ABORTED}
+
+
+def new_call_id() -> str:
+    return os.urandom(8).hex()
 
 
 class WorkerError(Exception):
