@@ -163,18 +163,17 @@ class CancellableWorker:
         return CancelCallResponse(cancelled_here=await self.calls.cancel(request.call_id, request.job_id))
 
 
-async def handled_stream(stream: AsyncIterator[T], method: str, rpc_metrics: RpcMetrics,
+async def handled_stream(stream: AsyncIterator[T], method: str, rpc_metrics: RpcMetrics, calls: CallRegistry,
                          grpc_context: RayServegRPCContext | None,
-                         on_message: Callable[[T], None] | None = None,
-                         calls: CallRegistry | None = None) -> AsyncIterator[T]:
+                         on_message: Callable[[T], None] | None = None) -> AsyncIterator[T]:
     """Relay an engine's stream as a Serve streaming RPC: INVALID_ARGUMENT for requests the engine refuses,
     latency and error counts by code, and the engine's generator closed however the call ends (closing it
-    is what stops the model work when the caller cancels). With `calls`, the call is findable by its
-    call id for WorkerControlService.CancelCall while it runs."""
+    is what stops the model work when the caller cancels). While it runs, the call is in `calls` under
+    its call id, for WorkerControlService.CancelCall."""
     started, code = time.perf_counter(), None
-    call_id = call_id_of(grpc_context.invocation_metadata()) if grpc_context is not None and calls else ""
+    call_id = call_id_of(grpc_context.invocation_metadata()) if grpc_context is not None else ""
     try:
-        with calls.track(call_id) if calls is not None else contextlib.nullcontext():
+        with calls.track(call_id):
             async with contextlib.aclosing(stream) as s:  # type: ignore[type-var]
                 async for msg in s:
                     if on_message is not None:

@@ -77,14 +77,14 @@ class ImageWorker(CancellableWorker):
         self, request: GenerateImageRequest, grpc_context: RayServegRPCContext | None = None,
     ) -> AsyncIterator[GenerateImageResponse]:
         async for msg in handled_stream(self.engine.generate(request), "GenerateImage", self.rpc_metrics,
-                                        grpc_context, self.image_metrics.counter("GenerateImage"), self.calls):
+                                        self.calls, grpc_context, self.image_metrics.counter("GenerateImage")):
             yield msg
 
     async def EditImage(
         self, request: EditImageRequest, grpc_context: RayServegRPCContext | None = None,
     ) -> AsyncIterator[EditImageResponse]:
         async for msg in handled_stream(self.engine.edit(request), "EditImage", self.rpc_metrics,
-                                        grpc_context, self.image_metrics.counter("EditImage"), self.calls):
+                                        self.calls, grpc_context, self.image_metrics.counter("EditImage")):
             yield msg
 
     async def check_health(self) -> None:

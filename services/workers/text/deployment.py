@@ -87,7 +87,7 @@ class TextWorker(CancellableWorker):
 
         try:
             async for msg in handled_stream(self.engine.generate(request), "GenerateText", self.rpc_metrics,
-                                            grpc_context, count, self.calls):
+                                            self.calls, grpc_context, count):
                 yield msg
         finally:
             last = seen[0] if seen else None

@@ -44,7 +44,7 @@ class UnderstandingWorker(CancellableWorker):
         self, request: UnderstandRequest, grpc_context: RayServegRPCContext | None = None,
     ) -> AsyncIterator[UnderstandResponse]:
         async for msg in handled_stream(self.engine.understand(request), "Understand", self.rpc_metrics,
-                                        grpc_context, self._count, self.calls):
+                                        self.calls, grpc_context, self._count):
             yield msg
 
     async def check_health(self) -> None:
