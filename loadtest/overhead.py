@@ -16,7 +16,7 @@ run ends with diagnostics: Redis commands per job by kind (the gateway's redis-p
 timed in its process), dispatcher polling sleeps, the cost of one redis-py round trip, and with
 --profile a cProfile of the gateway's event-loop thread under load.
 
-    python -m loadtest.overhead [--requests 2000] [--concurrency 64] [--samples 300] [--json]
+    python -m loadtest.overhead [--requests 5000] [--concurrency 64] [--samples 300] [--dispatchers 1] [--json]
 """
 
 from __future__ import annotations
@@ -83,6 +83,7 @@ class ThroughputResult:
     latencies_ms: list[float]
     cpu_s: dict[str, float]  # CPU seconds used during the run, per process
     first_error: str = ""
+    dispatchers: int = 0  # dispatcher processes beside the gateway (0: the gateway dispatches itself)
 
     @property
     def jobs_per_s(self) -> float:
@@ -189,7 +190,8 @@ async def measure_throughput(stack: EchoStack, requests: int = 2000, concurrency
     ok, failed, lat, err, wall = await _generate_many(stack, requests, concurrency, channels, deadline_s)
     after = stack.cpu_s()
     cpu = {k: after[k] - before[k] for k in before if before[k] is not None and after[k] is not None}  # type: ignore[operator]
-    return ThroughputResult(requests, concurrency, channels, stack.max_in_flight, ok, failed, wall, lat, cpu, err)
+    return ThroughputResult(requests, concurrency, channels, stack.max_in_flight, ok, failed, wall, lat, cpu, err,
+                            len(stack.dispatchers))
 
 
 # ---- diagnostics ---------------------------------------------------------------------------------
@@ -301,7 +303,7 @@ def format_report(lat: LatencyResult, tp: ThroughputResult, warmup: int) -> str:
         f"added p99 <= {TARGET_ADDED_P99_MS:g} ms: {_mark(v['added_p99'])}",
         "",
         f"throughput: {tp.requests} Generate jobs, concurrency {tp.concurrency} over {tp.channels} channels, "
-        f"one gateway process, dispatcher max_in_flight {tp.max_in_flight}",
+        f"one gateway process, {_dispatching(tp.dispatchers)}, max_in_flight {tp.max_in_flight}",
         f"  completed {tp.completed}/{tp.requests} (failed {tp.failed}) in {tp.wall_s:.2f} s = "
         f"{tp.jobs_per_s:.0f} jobs/s   target >= {TARGET_JOBS_PER_S:g} jobs/s: {_mark(v['jobs_per_s'])}",
         f"  latency under load: p50 {u50:.1f} ms, p99 {u99:.1f} ms",
@@ -317,6 +319,10 @@ def format_report(lat: LatencyResult, tp: ThroughputResult, warmup: int) -> str:
     if tp.first_error:
         lines.append(f"  first error: {tp.first_error}")
     return "\n".join(lines)
+
+
+def _dispatching(n: int) -> str:
+    return "dispatching in the gateway process" if n == 0 else f"{n} dispatcher process{'es' if n > 1 else ''}"
 
 
 def _per_job_rows(stats: dict[str, Any], jobs: int) -> list[str]:
@@ -365,7 +371,8 @@ def to_json(lat: LatencyResult, tp: ThroughputResult, d: Diagnostics | None) -> 
     out.update(jobs_per_s=round(tp.jobs_per_s, 1), requests=tp.requests, concurrency=tp.concurrency,
                # Beyond the required keys: what is needed to read the numbers.
                samples=len(lat.direct_ms), completed=tp.completed, failed=tp.failed, max_in_flight=tp.max_in_flight,
-               channels=tp.channels, cpu_ms_per_job={k: round(v, 3) for k, v in tp.cpu_ms_per_job().items()},
+               channels=tp.channels, dispatchers=tp.dispatchers,
+               cpu_ms_per_job={k: round(v, 3) for k, v in tp.cpu_ms_per_job().items()},
                targets={k: _mark(ok) for k, ok in verdicts(s, tp.jobs_per_s).items()})
     if d is not None:
         out["redis_calls_per_job"] = {name: round(c[0] / d.loaded_jobs, 3) for name, c in d.loaded["calls"].items()}
@@ -390,7 +397,7 @@ async def run(a: argparse.Namespace, stack: EchoStack) -> tuple[LatencyResult, T
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Measure the Tessera gateway's added latency and its throughput")
-    ap.add_argument("--requests", type=int, default=2000, help="throughput jobs (default 2000)")
+    ap.add_argument("--requests", type=int, default=5000, help="throughput jobs (default 5000: a few seconds)")
     ap.add_argument("--concurrency", type=int, default=64, help="throughput calls in flight (default 64)")
     ap.add_argument("--channels", type=int, default=2, help="client channels (TCP connections) for throughput")
     ap.add_argument("--samples", type=int, default=300, help="sequential latency samples of each kind")
@@ -402,8 +409,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", action="store_true", help="also cProfile the gateway process under load")
     ap.add_argument("--gateway-loop", choices=["asyncio", "uvloop"], default="asyncio",
                     help="event loop of the gateway process (uvloop: an experiment; the gateway ships on asyncio)")
-    ap.add_argument("--dispatchers", type=int, default=0,
-                    help="run N dispatcher processes beside the gateway (default 0: inside the gateway process)")
+    # Dispatchers scale apart from the gateway (python -m services.dispatcher), as in a cluster, so by
+    # default the gateway process only serves the API; 0 also makes it dispatch (make run's layout).
+    ap.add_argument("--dispatchers", type=int, default=1,
+                    help="run N dispatcher processes beside the gateway (default 1; 0: inside the gateway process)")
     ap.add_argument("--relay", action=argparse.BooleanOptionalAction, default=True,
                     help="also time a bare grpc.aio relay to the worker, the floor of the added latency")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")

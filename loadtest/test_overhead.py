@@ -120,6 +120,9 @@ def test_cli_prints_one_json_object_and_stops_its_processes() -> None:
         assert key in result
     assert (result["requests"], result["concurrency"], result["completed"]) == (20, 4, 20)
     assert result["jobs_per_s"] > 0
+    # By default the gateway process only serves the API; one dispatcher process does the dispatching,
+    # and its CPU is reported apart from the gateway's.
+    assert result["dispatchers"] == 1 and set(result["cpu_ms_per_job"]) >= {"gateway", "dispatcher0"}
 
 
 def test_locustfile_runs_against_a_gateway() -> None:

@@ -147,8 +147,10 @@ def _slow_call(worker: Worker, job_id: str, timeout: float = 60) -> Any:
 
 
 def _stopped_early(st: dict[str, Any]) -> bool:
-    # A full run is 900 forwards; stopping within a few of the cancel means the loop really ended.
-    return st["state"] == "cancelled" and st["forwards"] < SLOW["max_tokens"] // 2
+    # A full run is ~900 forwards (one token each); wait_stopped saw the count stop growing, so a
+    # count well short of that means the loop ended at the cancel. Not "under half": on a fast
+    # host the 0.5 s deadline case alone gets through ~470 forwards.
+    return st["state"] == "cancelled" and st["forwards"] < SLOW["max_tokens"] * 0.8
 
 
 def test_cancel_call_stops_decoding_on_the_replica(worker: Worker) -> None:
