@@ -49,14 +49,9 @@ class WorkerError(Exception):
 class StartedCall:
     """A worker call already on its way, and its messages (WorkerError on failure)."""
 
-    call: Any
     stream: AsyncIterator[Any]
-    abandon: Callable[[], None]
+    cancel: Callable[[], None]  # give the call up: cancelled here and on the worker, unless it has ended
     call_id: str
-
-    def cancel(self) -> None:
-        """Give the call up: cancelled here and on the worker, unless it has ended already."""
-        self.abandon()
 
 
 class WorkerClient:
@@ -88,7 +83,7 @@ class WorkerClient:
             if not call.done():
                 give_up()
 
-        return StartedCall(call, self._relay(call, give_up), abandon, call_id)
+        return StartedCall(self._relay(call, give_up), abandon, call_id)
 
     @staticmethod
     async def _relay(call: Any, give_up: Callable[[], None]) -> AsyncIterator[Any]:

@@ -32,8 +32,6 @@ from collections.abc import Iterator
 
 import ray
 
-from services.workers.protocol import CALL_ID_METADATA
-
 log = logging.getLogger(__name__)
 BOARD_NAME, BOARD_NAMESPACE = "tessera-cancel-board", "tessera"
 KEEP = 4096  # cancellations a board (and each replica) remembers: far more than can be in flight
@@ -74,10 +72,6 @@ def cancel_board() -> ray.actor.ActorHandle:
             .options(name=BOARD_NAME, namespace=BOARD_NAMESPACE, lifetime="detached", get_if_exists=True,
                      num_cpus=0, max_concurrency=1000)
             .remote())
-
-
-def call_id_of(metadata: list[tuple[str, str]] | None) -> str:
-    return next((v for k, v in metadata or () if k == CALL_ID_METADATA), "")
 
 
 class CallRegistry:

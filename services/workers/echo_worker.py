@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from services.workers.protocol import CALL_ID_METADATA
+from services.workers.protocol import call_id_of
 from tessera.worker.v1 import worker_pb2, worker_pb2_grpc
 
 
@@ -27,8 +27,7 @@ class EchoTextWorker(worker_pb2_grpc.TextWorkerServiceServicer, worker_pb2_grpc.
                            context: grpc.aio.ServicerContext) -> AsyncIterator[worker_pb2.GenerateTextResponse]:
         self.started.append(request.job_id)
         self.skips[request.job_id] = request.skip_tokens
-        call_id = dict(context.invocation_metadata() or ()).get(CALL_ID_METADATA, "")
-        self.call_ids.setdefault(request.job_id, []).append(call_id)
+        self.call_ids.setdefault(request.job_id, []).append(call_id_of(context.invocation_metadata()))
         if request.prompt.startswith("!fail:"):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.prompt[6:])
         words = request.prompt.split()

@@ -7,7 +7,7 @@ its next await, and a mock engine can stand in for tests.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Protocol, runtime_checkable
 
 from tessera.worker.v1.worker_pb2 import DescribeTextResponse, GenerateTextRequest, GenerateTextResponse
@@ -15,6 +15,11 @@ from tessera.worker.v1.worker_pb2 import DescribeTextResponse, GenerateTextReque
 # Metadata naming one dispatcher -> worker call, so WorkerControlService.CancelCall can find it on
 # whichever replica runs it (services/workers/cancellation.py).
 CALL_ID_METADATA = "tessera-call-id"
+
+
+def call_id_of(metadata: Sequence[tuple[str, str]] | None) -> str:
+    """The call id a call was sent with ("" without one)."""
+    return next((v for k, v in metadata or () if k == CALL_ID_METADATA), "")
 
 
 class InvalidRequestError(ValueError):

@@ -28,8 +28,8 @@ from ray.serve.grpc_util import RayServegRPCContext
 
 from services.common.serve_options import DeploymentOptions
 from services.workers.base import REPO_ROOT
-from services.workers.cancellation import CallRegistry, call_id_of
-from services.workers.protocol import InvalidRequestError
+from services.workers.cancellation import CallRegistry
+from services.workers.protocol import InvalidRequestError, call_id_of
 from tessera.worker.v1.worker_pb2 import CancelCallRequest, CancelCallResponse
 
 _PB = "tessera.worker.v1.worker_pb2_grpc"

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from services.workers.cancellation import CallRegistry, CancelBoard, call_id_of
-from services.workers.protocol import CALL_ID_METADATA
+from services.workers.cancellation import CallRegistry, CancelBoard
+from services.workers.protocol import CALL_ID_METADATA, call_id_of
 
 
 async def _tracked(reg: CallRegistry, call_id: str, started: asyncio.Event) -> str:
