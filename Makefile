@@ -22,10 +22,10 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 bench: setup
-	$(PY) -m models.bench text
+	$(PY) -m lab.bench text
 
 sweep: setup
-	$(PY) -m models.bench text --sweep --problems 40
+	$(PY) -m lab.bench text --sweep --problems 40
 
 run: setup
 	$(PY) -m services.stack $(ARGS)
@@ -37,7 +37,7 @@ protos: setup
 	$(PY) scripts/gen_protos.py
 
 train: setup
-	$(PY) -m models.training
+	$(PY) -m lab.training
 
 clean:
 	rm -rf $(VENV) bench-results .pytest_cache .ruff_cache

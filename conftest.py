@@ -43,6 +43,6 @@ def serve_cluster() -> Iterator[ServeCluster]:
 @pytest.fixture(scope="session")
 def image_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """<dir>/shapes-orthus and <dir>/shapes-nextstep: tiny random models, tokenizer and VAE (~1 s)."""
-    from services.workers.image.testing import build_tiny_image_checkpoints
+    from lab.training.images.tiny import build_tiny_image_checkpoints
 
     return build_tiny_image_checkpoints(tmp_path_factory.mktemp("image-ckpt"))

@@ -7,7 +7,7 @@ Request names in Locust's statistics:
   GenerateStream/ttfc    time to the first text chunk (the job-id header message that comes
                          before any text does not count: it says the job was queued, not served)
   GenerateStream/total   the whole stream, until the result message
-Prompts are held-out arithmetic word problems (models.worlds.arith). Settings from the environment:
+Prompts are held-out arithmetic word problems (lab.worlds.arith). Settings from the environment:
 TESSERA_API_KEY (required), TESSERA_MODEL (default: the gateway's default model), TESSERA_MAX_TOKENS
 (0 = model default), TESSERA_TIMEOUT_S (per call, default 120).
 """
@@ -35,7 +35,7 @@ _ROOT = str(Path(__file__).resolve().parents[1])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from models.worlds.arith import problems  # noqa: E402
+from lab.worlds.arith import problems  # noqa: E402
 from tessera.v1 import text_pb2, text_pb2_grpc  # noqa: E402
 
 PROMPTS = [p.question for p in problems("heldout", 200)]

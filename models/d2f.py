@@ -14,7 +14,7 @@ from pathlib import Path
 from models.engine import TextEngine
 from models.sampling import SamplingParams
 
-DEFAULT_MODEL = Path(__file__).resolve().parent / "checkpoints" / "arith-d2f-lora"
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "checkpoints" / "arith-d2f-lora"
 
 
 def main(argv: list[str] | None = None) -> int:

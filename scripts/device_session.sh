@@ -16,25 +16,25 @@ W=${W:-/tmp/recipes}; mkdir -p "$W" "$OUT"
 T0=$(date +%s)
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
 "$PY" -c "import torch; print(torch.__version__, torch.cuda.is_available())" >> "$OUT/gpu.txt" 2>&1
-# Each variant must fit the 1-hour CPU budget of `python -m models.training` (idle 2-core CPU:
+# Each variant must fit the 1-hour CPU budget of `python -m lab.training` (idle 2-core CPU:
 # AR 0.40 s/step, teacher 0.44, polish 0.45, student 0.55).
 declare -A V=(
   [dream_t4k]="--teacher-layout dream --teacher-tied-steps 4000 --student-steps 2500"
   [dream_t4800]="--teacher-layout dream --teacher-tied-steps 4800 --student-steps 2000 --ar-steps 800"
 )
-[ -z "${CUDA:-}" ] || timeout "${CUDA_LIMIT:-100}" "$PY" -m models.bench cuda --json > "$OUT/cuda.json" 2> "$OUT/cuda.err"
+[ -z "${CUDA:-}" ] || timeout "${CUDA_LIMIT:-100}" "$PY" -m lab.bench cuda --json > "$OUT/cuda.json" 2> "$OUT/cuda.err"
 for name in ${ONLY:-${!V[@]}}; do
   ( mkdir -p "$W/$name"
-    TESSERA_TRAIN_UNTIL=$((T0 + ${TRAIN_SOFT:-380})) timeout "${TRAIN_LIMIT:-420}" "$PY" -m models.training --out "$W/$name" --device "$DEV" ${V[$name]} ${TEXT_EXTRA:-} > "$W/$name/train.log" 2>&1
+    TESSERA_TRAIN_UNTIL=$((T0 + ${TRAIN_SOFT:-380})) timeout "${TRAIN_LIMIT:-420}" "$PY" -m lab.training --out "$W/$name" --device "$DEV" ${V[$name]} ${TEXT_EXTRA:-} > "$W/$name/train.log" 2>&1
     echo "train rc=$?" >> "$W/$name/train.log"
-    timeout "${BENCH_LIMIT:-90}" "$PY" -m models.bench text --checkpoints "$W/$name" --problems 60 --device "$DEV" --json \
+    timeout "${BENCH_LIMIT:-90}" "$PY" -m lab.bench text --checkpoints "$W/$name" --problems 60 --device "$DEV" --json \
       > "$W/$name/bench.json" 2>> "$W/$name/train.log"
     cp "$W/$name/train.log" "$OUT/text-$name.log"
     tar -czf "$OUT/text-$name.tar.gz" -C "$W" "$name" ) &
 done
 if [ -z "${NO_IMAGE:-}" ]; then
   ( I="$W/images"; mkdir -p "$I"
-    img() { TESSERA_TRAIN_UNTIL=$((T0 + ${IMAGE_SOFT:-440})) timeout "${IMAGE_LIMIT:-480}" "$PY" -m models.training.images --out "$I" --device "$DEV" --threads 2 "$@" ${IMAGE_EXTRA:-}; }
+    img() { TESSERA_TRAIN_UNTIL=$((T0 + ${IMAGE_SOFT:-440})) timeout "${IMAGE_LIMIT:-480}" "$PY" -m lab.training.images --out "$I" --device "$DEV" --threads 2 "$@" ${IMAGE_EXTRA:-}; }
     img --only vae > "$I/vae.log" 2>&1
     img --only orthus > "$I/orthus.log" 2>&1 &
     img --only nextstep > "$I/nextstep.log" 2>&1 &

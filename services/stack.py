@@ -5,8 +5,8 @@ ready-to-paste commands; Ctrl-C stops everything it started.
     python -m services.stack [--port 50051] [--worker-port 9000] [--metrics-port 9464]
                              [--image-checkpoints DIR] [--image-config YAML] [--understanding-config YAML]
 
-The image workers need the shapes checkpoints (models/checkpoints/shapes-*, or DIR/shapes-* from
-`python -m models.training.images --out DIR`); without them the stack serves text only.
+The image workers need the shapes checkpoints (checkpoints/shapes-*, or DIR/shapes-* from
+`python -m lab.training.images --out DIR`); without them the stack serves text only.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ async def run(args: argparse.Namespace) -> None:
             cfg.understanding.models = [understanding_cfg.model.name]
         else:
             log.warning("image checkpoints not found (%s, %s): serving text only; train them with "
-                        "`python -m models.training.images` or pass --image-checkpoints DIR",
+                        "`python -m lab.training.images` or pass --image-checkpoints DIR",
                         image_cfg.model.path, understanding_cfg.model.path)
             cfg.dispatcher.services = ["text"]
         cfg.host, cfg.port, cfg.metrics_port, cfg.redis_url = args.host, args.port, args.metrics_port, redis.url

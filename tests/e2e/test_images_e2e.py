@@ -17,10 +17,10 @@ import redis
 from PIL import Image
 
 import tessera
+from lab.training.images.tiny import NATIVE, PATCHES
 from services.common.images import encode_png
 from services.common.redis_server import RedisServer
 from services.gateway.config import GatewayConfig, ImageLimits
-from services.workers.image.testing import NATIVE, PATCHES
 from tessera.v1 import jobs_pb2
 from tests.integration.harness import KEY, running_gateway
 

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 import tessera
-from models.test_engine import well_formed
-from models.worlds import arith
+from lab.test_engine import well_formed
+from lab.worlds import arith
 from services.common.redis_server import RedisServer
 from services.gateway.config import GatewayConfig
 from tests.integration.harness import KEY, running_gateway

@@ -1,5 +1,5 @@
 """The image models behind the image and understanding workers, with one calling convention each
-(the conventions of models/bench/image.py, the working reference).
+(the conventions of lab/bench/image.py, the working reference).
 
 A checkpoint directory holds the model, `tokenizer.json` and the shared VAE in `vae/`. Rows of one
 call share steps and guidance scales: the batcher keys requests on them.
@@ -131,7 +131,7 @@ def load_parts(model_dir: Path, resolution: int, device: str, dtype: torch.dtype
     for need in ("tokenizer.json", "vae/config.json"):
         if not (model_dir / need).exists():
             raise FileNotFoundError(f"{model_dir / need} not found: an image checkpoint directory holds the model, "
-                                    "tokenizer.json and vae/ (python -m models.training.images)")
+                                    "tokenizer.json and vae/ (python -m lab.training.images)")
     vae = ImageTokenizer.from_pretrained(model_dir / "vae", dtype=dtype).to(device).eval()
     loaded = Loaded(vae, TextTokenizer(model_dir), resolution or native_resolution(model_dir))
     loaded.grid  # noqa: B018 - raises now if the resolution does not fit the VAE

@@ -21,7 +21,7 @@ BACKENDS = ("orthus", "nextstep")
 class ImageModelConfig:
     name: str = "shapes-orthus"  # the name requests use
     backend: str = "orthus"  # orthus | nextstep
-    model_dir: str = "models/checkpoints/shapes-orthus"  # relative = against the repo root; holds vae/ too
+    model_dir: str = "checkpoints/shapes-orthus"  # relative = against the repo root; holds vae/ too
     # The square size the model generates (and edits) at; 0: the checkpoint's native size (its VAE's sample_size).
     resolution: int = 0
     steps: int = 50  # head denoising steps per patch

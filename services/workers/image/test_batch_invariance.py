@@ -90,7 +90,7 @@ def test_engine_batches_one_padded_length_and_keeps_images(image_checkpoints: Pa
     asyncio.run(go())
 
 
-TRAINED = Path(__file__).resolve().parents[3] / "models" / "checkpoints"
+TRAINED = Path(__file__).resolve().parents[3] / "checkpoints"
 PROMPTS = ["a red circle", "two blue squares", "a green triangle above a yellow circle", "circle",
            "a small purple square to the right of a big orange triangle", "three red circles", "a blue circle",
            "a yellow square below a green circle and a red triangle"]

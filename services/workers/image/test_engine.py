@@ -13,9 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
+from lab.training.images.tiny import NATIVE, PATCHES
 from services.workers.image.config import ImageWorkerConfig
 from services.workers.image.engine import ImageEngine
-from services.workers.image.testing import NATIVE, PATCHES
 from services.workers.protocol import InvalidRequestError
 from services.workers.understanding.config import UnderstandingWorkerConfig
 from services.workers.understanding.engine import UnderstandingEngine

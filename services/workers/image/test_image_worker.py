@@ -14,10 +14,10 @@ import pytest
 from PIL import Image
 from ray import serve
 
+from lab.training.images.tiny import NATIVE, PATCHES
 from services.workers.image.config import ImageWorkerConfig
 from services.workers.image.deployment import IMAGE_APP
 from services.workers.image.server import start_image_worker
-from services.workers.image.testing import NATIVE, PATCHES
 from services.workers.protocol import CALL_ID_METADATA
 from tessera.worker.v1 import worker_pb2_grpc
 from tessera.worker.v1.worker_pb2 import CancelCallRequest, EditImageRequest, GenerateImageRequest, ImageSampling

@@ -52,7 +52,7 @@ class DecoderDefaults:
 @dataclass(slots=True)
 class TextModelConfig:
     name: str = "d2f-arith"
-    model_dir: str = "models/checkpoints/arith-d2f-lora"  # relative = against the repo root
+    model_dir: str = "checkpoints/arith-d2f-lora"  # relative = against the repo root
     method: str = "d2f"
     decoder: DecoderDefaults = field(default_factory=DecoderDefaults)
     default_max_tokens: int = 128

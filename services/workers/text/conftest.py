@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from lab.worlds import arith
+from lab.worlds.tokenizer import train_bpe
 from models.checkpoint import save_model
 from models.config import ModelConfig
 from models.transformer import Transformer
-from models.worlds import arith
-from models.worlds.tokenizer import train_bpe
 
 MAX_POSITIONS = 1024  # room for a long generation in the cancellation test
 ASCII_VOCAB = 96  # the BPE's ids 2..95 are printable ASCII bytes: generated text is plain ASCII

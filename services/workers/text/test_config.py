@@ -24,7 +24,7 @@ def test_shipped_yaml_is_the_embedded_model_with_the_paper_defaults() -> None:
     assert cfg.model == TextModelConfig()  # the YAML and the code defaults name the same model
     m = cfg.model
     assert (m.name, m.method, m.default_max_tokens) == ("d2f-arith", "d2f", 128)
-    assert m.path == REPO_ROOT / "models/checkpoints/arith-d2f-lora"
+    assert m.path == REPO_ROOT / "checkpoints/arith-d2f-lora"
     assert m.decoder.options_for("d2f") == {"block_size": 32, "tau_add": 0.1, "tau_act": 0.95, "tau_conf": 0.9}
     kw = cfg.deployment.to_serve_kwargs()
     assert kw["name"] == "TextWorker" and kw["num_replicas"] == 1 and "autoscaling_config" not in kw

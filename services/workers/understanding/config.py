@@ -18,7 +18,7 @@ DEFAULT_CONFIG_PATH = Path(__file__).with_name("config.yaml")
 @dataclass(slots=True)
 class UnderstandingModelConfig:
     name: str = "shapes-orthus"
-    model_dir: str = "models/checkpoints/shapes-orthus"  # an Orthus checkpoint + tokenizer.json + vae/
+    model_dir: str = "checkpoints/shapes-orthus"  # an Orthus checkpoint + tokenizer.json + vae/
     # Input images are resized to this square; 0: the checkpoint's native size (its VAE's sample_size).
     resolution: int = 0
     default_max_tokens: int = 16

@@ -7,8 +7,8 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from models.bench.image_breakdown import CELLS, edit_breakdown
-from models.worlds import shapes
+from lab.bench.image_breakdown import CELLS, edit_breakdown
+from lab.worlds import shapes
 
 N = 40
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.training.data import Batch, ProblemStream
+from lab.training.data import Batch, ProblemStream
 
 
 @dataclass(slots=True)

@@ -24,12 +24,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from tokenizers import Tokenizer
 
-from models.nextstep.vae import ImageTokenizer
-from models.orthus.config import OrthusConfig
-from models.orthus.head import make_scheduler
-from models.orthus.model import Orthus
-from models.orthus.vision import to_head_space
-from models.training.images.data import (
+from lab.training.images.data import (
     BOS_TOKEN,
     IMAGE_SIZE,
     ORTHUS_SPECIALS,
@@ -46,7 +41,12 @@ from models.training.images.data import (
     train_phases,
     with_context_noise,
 )
-from models.worlds.tokenizer import EOS_TOKEN
+from lab.worlds.tokenizer import EOS_TOKEN
+from models.nextstep.vae import ImageTokenizer
+from models.orthus.config import OrthusConfig
+from models.orthus.head import make_scheduler
+from models.orthus.model import Orthus
+from models.orthus.vision import to_head_space
 
 NUM_PATCHES = (IMAGE_SIZE // 16) ** 2  # 48x48 image -> 3x3 VAE tokens, one per grid cell
 

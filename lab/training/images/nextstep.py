@@ -20,11 +20,7 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
-from models.nextstep.config import NextStepConfig
-from models.nextstep.head import sample_token
-from models.nextstep.model import NextStep, causal_mask
-from models.nextstep.vae import ImageTokenizer, token_layer_norm
-from models.training.images.data import (
+from lab.training.images.data import (
     BOS_TOKEN,
     IMAGE_SIZE,
     NEXTSTEP_SPECIALS,
@@ -41,7 +37,11 @@ from models.training.images.data import (
     with_context_noise,
     with_samples,
 )
-from models.worlds.tokenizer import EOS_TOKEN
+from lab.worlds.tokenizer import EOS_TOKEN
+from models.nextstep.config import NextStepConfig
+from models.nextstep.head import sample_token
+from models.nextstep.model import NextStep, causal_mask
+from models.nextstep.vae import ImageTokenizer, token_layer_norm
 
 GRID = (IMAGE_SIZE // 16, IMAGE_SIZE // 16)  # 16 pixels per token: one token per grid cell
 

@@ -7,10 +7,10 @@ import re
 
 import pytest
 
-from models.bench.text import AR, STUDENT, TEACHER
+from lab.bench.text import AR, STUDENT, TEACHER
+from lab.worlds import arith
 from models.engine import TextEngine
 from models.sampling import SamplingParams
-from models.worlds import arith
 
 PARAMS = SamplingParams(max_tokens=128)
 

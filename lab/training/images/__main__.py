@@ -1,4 +1,4 @@
-"""Train the tiny shapes image models: `python -m models.training.images [--out DIR] [--only ...]`.
+"""Train the tiny shapes image models: `python -m lab.training.images [--out DIR] [--only ...]`.
 
 Produces, in the HF formats the model packages load (each directory self-contained):
   <out>/shapes-vae       diffusers AutoencoderKL + NextStep token keys (ImageTokenizer), tokenizer.json
@@ -22,13 +22,13 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer
 
+from lab.training.images.data import save_tokenizer, train_tokenizer
+from lab.training.images.nextstep import NextStepRecipe, train_nextstep
+from lab.training.images.orthus import OrthusRecipe, train_orthus
+from lab.training.images.vae import VAERecipe, reconstruction_error, train_vae
 from models.nextstep.checkpoint import save_nextstep
 from models.nextstep.vae import ImageTokenizer
 from models.orthus.checkpoint import save_orthus
-from models.training.images.data import save_tokenizer, train_tokenizer
-from models.training.images.nextstep import NextStepRecipe, train_nextstep
-from models.training.images.orthus import OrthusRecipe, train_orthus
-from models.training.images.vae import VAERecipe, reconstruction_error, train_vae
 
 VAE, ORTHUS, NEXTSTEP = "shapes-vae", "shapes-orthus", "shapes-nextstep"
 DEFAULT_OUT = Path(__file__).resolve().parents[2] / "checkpoints"
@@ -95,7 +95,7 @@ def _train_side_by_side(args: argparse.Namespace) -> dict[str, float]:
     if args.pool:
         common += ["--pool", str(args.pool)]
     t0 = time.time()
-    procs = {name: subprocess.Popen([sys.executable, "-m", "models.training.images", "--only", name, *common])
+    procs = {name: subprocess.Popen([sys.executable, "-m", "lab.training.images", "--only", name, *common])
              for name in ("orthus", "nextstep")}
     timings = {}
     for name, proc in procs.items():

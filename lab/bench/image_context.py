@@ -1,4 +1,4 @@
-"""What a model draws from: `python -m models.bench image --context [--problems N]`.
+"""What a model draws from: `python -m lab.bench image --context [--problems N]`.
 
 Held-out captions drawn three ways, each image token sampled with the bench's T2I guidance:
 - teacher_forced: token k from the clean encoding of the true image's first k tokens;
@@ -16,8 +16,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from models.bench.image import SIZE, Backend, _decode, _encode
-from models.worlds import shapes, shapes_score
+from lab.bench.image import SIZE, Backend, _decode, _encode
+from lab.worlds import shapes, shapes_score
 
 CONTEXTS = ("teacher_forced", "no_leak", "free_running")
 

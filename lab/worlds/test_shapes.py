@@ -10,9 +10,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from models.worlds import shapes
-from models.worlds.shapes import Edit, Question, Scene, Shape
-from models.worlds.shapes_score import (
+from lab.worlds import shapes
+from lab.worlds.shapes import Edit, Question, Scene, Shape
+from lab.worlds.shapes_score import (
     detect,
     label_components,
     relation_checks,

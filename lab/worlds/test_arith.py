@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from models.worlds import arith
+from lab.worlds import arith
 
 
 def test_seeded_and_disjoint_splits() -> None:

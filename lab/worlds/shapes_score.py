@@ -23,7 +23,7 @@ from itertools import permutations
 
 import numpy as np
 
-from models.worlds.shapes import (
+from lab.worlds.shapes import (
     BACKGROUND,
     GRID,
     PALETTE,

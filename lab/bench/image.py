@@ -26,7 +26,9 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from models.bench.image_breakdown import edit_breakdown
+from lab.bench.image_breakdown import edit_breakdown
+from lab.training.images.data import IMAGE_SIZE
+from lab.worlds import shapes, shapes_score
 from models.nextstep.generate import GenerationConfig, left_pad, t2i_rows
 from models.nextstep.generate import edit_image as ns_edit
 from models.nextstep.generate import text_to_image as ns_t2i
@@ -37,10 +39,8 @@ from models.orthus.head import CFG, make_scheduler
 from models.orthus.model import Orthus
 from models.orthus.prompt import build_prompt
 from models.orthus.vision import from_head_space
-from models.training.images.data import IMAGE_SIZE
-from models.worlds import shapes, shapes_score
 
-CKPT = Path(__file__).resolve().parents[1] / "checkpoints"
+CKPT = Path(__file__).resolve().parents[2] / "checkpoints"
 BACKENDS = ("orthus", "nextstep")
 SIZE = IMAGE_SIZE  # the shapes checkpoints' native resolution
 CONCURRENCY = 8
@@ -148,7 +148,7 @@ def load_backend(name: str, checkpoints: Path, device: str = "cpu") -> Backend:
 
     d = checkpoints / f"shapes-{name}"
     if not d.is_dir():
-        raise FileNotFoundError(f"{d} not found: train it with `python -m models.training.images --only {name}`")
+        raise FileNotFoundError(f"{d} not found: train it with `python -m lab.training.images --only {name}`")
     vae = ImageTokenizer.from_pretrained(d / "vae").to(device)
     tok = Tokenizer.from_file(str(d / "tokenizer.json"))
     if name == "orthus":
@@ -238,7 +238,7 @@ def main(args: Any) -> None:
     names = [s for s in str(getattr(args, "backends", None) or ",".join(BACKENDS)).split(",") if s]
     checkpoints = Path(getattr(args, "checkpoints", None) or CKPT)
     if getattr(args, "context", False):
-        from models.bench.image_context import context_probe, format_probe
+        from lab.bench.image_context import context_probe, format_probe
 
         for name in names:
             print(format_probe(name, context_probe(load_backend(name, checkpoints, args.device), args.problems)))

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from models.bench.image import SIZE, Backend, _encode
-from models.bench.image_context import _cellwise, blank_from
-from models.training.images import vae as tv
-from models.worlds import shapes
+from lab.bench.image import SIZE, Backend, _encode
+from lab.bench.image_context import _cellwise, blank_from
+from lab.training.images import vae as tv
+from lab.worlds import shapes
 
 CELLS = shapes.GRID * shapes.GRID
 

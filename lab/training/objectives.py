@@ -17,9 +17,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from lab.training.data import Batch
 from models.attention import causal_ids, mask_from_ids
 from models.lora import adapter_disabled
-from models.training.data import Batch
 from models.transformer import Transformer
 
 EPS = 1e-3

@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lab.training.images.data import IMAGE_SIZE, render_batch
+from lab.training.loop import TrainConfig, train
+from lab.worlds import shapes
 from models.nextstep.vae import ImageTokenizer, patchify, tiny_vae_config, token_layer_norm, unpatchify
-from models.training.images.data import IMAGE_SIZE, render_batch
-from models.training.loop import TrainConfig, train
-from models.worlds import shapes
 
 
 @dataclass(slots=True)

@@ -8,15 +8,15 @@ from typing import Any
 import pytest
 import torch
 
-from models.bench import image as bench
+from lab.bench import image as bench
+from lab.training.images import data
+from lab.training.images import nextstep as ns
+from lab.training.images import orthus as ot
+from lab.training.images import vae as tv
+from lab.training.images.__main__ import build_parser
 from models.nextstep.checkpoint import load_nextstep, save_nextstep
 from models.nextstep.vae import ImageTokenizer
 from models.orthus.checkpoint import load_orthus, save_orthus
-from models.training.images import data
-from models.training.images import nextstep as ns
-from models.training.images import orthus as ot
-from models.training.images import vae as tv
-from models.training.images.__main__ import build_parser
 
 torch.set_num_threads(1)  # tiny models; the box is shared with training jobs
 
@@ -205,7 +205,7 @@ def test_bench_runs_end_to_end(tok: Any, vae: ImageTokenizer) -> None:
         assert d["s_per_image"] > 0 and d["images_per_s_1"] > 0 and d["images_per_s_8"] > 0
     assert rows[0].vqa_accuracy is not None and 0.0 <= rows[0].vqa_accuracy <= 1.0
     assert rows[1].vqa_accuracy is None
-    from models.bench.image_context import CONTEXTS, context_probe
+    from lab.bench.image_context import CONTEXTS, context_probe
 
     for b in backends:
         assert b.next_token is not None
@@ -217,7 +217,7 @@ def test_bench_runs_end_to_end(tok: Any, vae: ImageTokenizer) -> None:
 
 def test_pool_draws_relative_prompts_several_times() -> None:
     """Each draw adds up to t2i/6 relative prompts with a fresh matching scene; one draw is the old pool."""
-    from models.worlds import shapes
+    from lab.worlds import shapes
 
     one = data.make_pool(60, 3, {"t2i": 1}, relative_scenes=1)
     three = data.make_pool(60, 3, {"t2i": 1}, relative_scenes=3)
@@ -341,12 +341,12 @@ def test_cli_defaults_are_the_recipes() -> None:
 
 
 def test_the_documented_command_trains_all_three_side_by_side(tmp_path: Any) -> None:
-    """`python -m models.training.images` end to end at 2 steps: the VAE, then Orthus and NextStep in
+    """`python -m lab.training.images` end to end at 2 steps: the VAE, then Orthus and NextStep in
     two child processes; every directory loads on its own (model, tokenizer, vae/)."""
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "models.training.images", "--out", str(tmp_path), "--steps", "2",
+    out = subprocess.run([sys.executable, "-m", "lab.training.images", "--out", str(tmp_path), "--steps", "2",
                           "--pool", "12", "--log-every", "1"], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     log = out.stdout + out.stderr

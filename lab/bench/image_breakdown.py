@@ -1,4 +1,4 @@
-"""Where edits fail: `python -m models.bench image --breakdown [--problems N]`.
+"""Where edits fail: `python -m lab.bench image --breakdown [--problems N]`.
 
 An edit is scored all-or-nothing (`score_edit`); this splits the held-out edits into cells, one per
 grid cell = one VAE token in row-major order, and counts per token index:
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.worlds import shapes, shapes_score
+from lab.worlds import shapes, shapes_score
 
 CELLS = shapes.GRID * shapes.GRID
 Images = np.ndarray

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from lab.training.loop import TrainConfig, train
+from lab.worlds import shapes
+from lab.worlds.tokenizer import EOS_TOKEN, MASK_TOKEN
 from models.nextstep.vae import ImageTokenizer, from_uint8
-from models.training.loop import TrainConfig, train
-from models.worlds import shapes
-from models.worlds.tokenizer import EOS_TOKEN, MASK_TOKEN
 
 # Special tokens of both models; one tokenizer serves both so a single tokenizer.json ships with each.
 BOS_TOKEN, SEP_TOKEN = "<s>", "<sep>"

@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 
+from lab.worlds import arith
 from models.engine import TextEngine
 from models.sampling import SamplingParams
-from models.worlds import arith
 
-CKPT = Path(__file__).resolve().parents[1] / "checkpoints"
+CKPT = Path(__file__).resolve().parents[2] / "checkpoints"
 STUDENT, AR = CKPT / "arith-d2f-lora", CKPT / "arith-qwen2-ar"
 
 

@@ -1,4 +1,4 @@
-"""Train the embedded tiny text models: `python -m models.training` (2 CPU cores, ≈ 60 min
+"""Train the embedded tiny text models: `python -m lab.training` (2 CPU cores, ≈ 60 min
 idle; `--device cuda` runs the same recipe on a GPU).
 
 Produces, in HF formats loaded by the same code as real checkpoints:
@@ -18,7 +18,7 @@ teacher and to 0.94 / 0.96 with the refine phase (README has the table).
 
 `--teacher-init DIR` resumes the teacher from a checkpoint, running only the phases given steps:
 the committed checkpoints are this recipe run in two sittings, the second being
-`--only teacher --only student --teacher-init models/checkpoints/arith-dream-teacher --teacher-tied-steps 0`
+`--only teacher --only student --teacher-init checkpoints/arith-dream-teacher --teacher-tied-steps 0`
 on the teacher of the first (AR 1000, tied 3000, no refine): the same phases, data and seeds as
 one sitting (every phase seeds its own data stream and masks, the student re-seeds torch).
 """
@@ -35,14 +35,14 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
+from lab.training.data import SEQ_LEN, ProblemStream, build_tokenizer
+from lab.training.loop import TrainConfig, train
+from lab.training.objectives import ar_loss, d2f_distill_loss, masked_diffusion_loss
+from lab.worlds.tokenizer import EOS_TOKEN, MASK_TOKEN
 from models.checkpoint import load_model, save_model
 from models.config import ModelConfig
 from models.lora import apply_lora, save_adapter
-from models.training.data import SEQ_LEN, ProblemStream, build_tokenizer
-from models.training.loop import TrainConfig, train
-from models.training.objectives import ar_loss, d2f_distill_loss, masked_diffusion_loss
 from models.transformer import Transformer
-from models.worlds.tokenizer import EOS_TOKEN, MASK_TOKEN
 
 STUDENT, AR = "arith-d2f-lora", "arith-qwen2-ar"
 LORA = {"r": 32, "alpha": 32.0, "dropout": 0.1}  # the published D2F adapters' settings
@@ -189,7 +189,7 @@ def train_ar(out: Path, tok_dir: Path, r: Recipe) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "checkpoints")
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[2] / "checkpoints")
     ap.add_argument("--only", choices=["teacher", "student", "ar"], action="append")
     ap.add_argument("--teacher-init", type=Path,
                     help="resume the teacher from this checkpoint (skips phase 1; set done phases to 0 steps)")

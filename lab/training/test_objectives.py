@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from models.conftest import MASK, tiny
-from models.lora import adapter_disabled, apply_lora
-from models.training.data import Batch
-from models.training.objectives import (
+from lab.training.data import Batch
+from lab.training.objectives import (
     ar_loss,
     d2f_block_ids,
     d2f_distill_loss,
@@ -15,6 +13,8 @@ from models.training.objectives import (
     monotonic_ratios,
     token_logits,
 )
+from models.conftest import MASK, tiny
+from models.lora import adapter_disabled, apply_lora
 
 
 def _batch(b: int = 4, length: int = 40) -> Batch:
@@ -81,7 +81,7 @@ def test_ar_loss_decreases_with_training() -> None:
 
 
 def test_tied_tokens_are_masked_together_inside_the_answer_only() -> None:
-    from models.training.objectives import tie_masks
+    from lab.training.objectives import tie_masks
 
     ids = torch.tensor([[7, 1, 5, 2, 7, 5, 3, 7]])
     tied = torch.zeros(10, dtype=torch.bool)
@@ -95,7 +95,7 @@ def test_tied_tokens_are_masked_together_inside_the_answer_only() -> None:
 
 
 def test_decoding_state_masks_look_like_a_left_to_right_decoder() -> None:
-    from models.training.objectives import decoding_state_masks
+    from lab.training.objectives import decoding_state_masks
 
     batch = _batch()
     g = torch.Generator().manual_seed(5)

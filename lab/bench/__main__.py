@@ -1,4 +1,4 @@
-"""Benchmarks: `python -m models.bench text [--problems N] [--json] [--sweep]`, `... image [--json]`,
+"""Benchmarks: `python -m lab.bench text [--problems N] [--json] [--sweep]`, `... image [--json]`,
 `... cuda [--json]`."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ from pathlib import Path
 
 import torch
 
-from models.bench import cuda, image, text
+from lab.bench import cuda, image, text
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(prog="python -m models.bench", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m lab.bench", description=__doc__)
     sub = ap.add_subparsers(dest="suite", required=True)
     t = sub.add_parser("text", help="vanilla / Fast-dLLM / D2F / AR decoding on held-out arith problems")
     t.add_argument("--problems", type=int, default=100)

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import torch
 
+from lab.training.images import data
+from lab.training.images import nextstep as ns
+from lab.training.images import orthus as ot
+from lab.training.images import vae as tv
 from models.nextstep.checkpoint import save_nextstep
 from models.orthus.checkpoint import save_orthus
-from models.training.images import data
-from models.training.images import nextstep as ns
-from models.training.images import orthus as ot
-from models.training.images import vae as tv
 
 ORTHUS = ot.OrthusRecipe(hidden=32, layers=2, heads=2, head_width=32, head_blocks=1, codebook=16, batch=4, pool=8)
 # The tiny checkpoints' native size is the trained ones' (their VAE's sample_size), one patch per 16 pixels.

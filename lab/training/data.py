@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from models.worlds import arith
-from models.worlds.tokenizer import EOS_TOKEN, MASK_TOKEN, train_bpe
+from lab.worlds import arith
+from lab.worlds.tokenizer import EOS_TOKEN, MASK_TOKEN, train_bpe
 
 GEN_LEN = 128  # generation budget the models are trained for; answers are at most ~115 tokens
 SEQ_LEN = 192  # longest prompt (~63 tokens) + GEN_LEN, rounded up

@@ -1,4 +1,4 @@
-"""The CUDA path, checked and measured: `python -m models.bench cuda [--json]` (needs a GPU).
+"""The CUDA path, checked and measured: `python -m lab.bench cuda [--json]` (needs a GPU).
 
 Prints one JSON line per section (with --json).
 
@@ -22,13 +22,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from lab.bench.text import STUDENT
+from lab.worlds import arith
 from models.attention import block_ids, mask_from_ids, window_mask
-from models.bench.text import STUDENT
 from models.config import ModelConfig
 from models.engine import TextEngine
 from models.sampling import SamplingParams
 from models.transformer import Transformer
-from models.worlds import arith
 
 
 def _time_ms(fn: Callable[..., Any], *args: Any, iters: int = 20, **kwargs: Any) -> float:
