@@ -112,7 +112,8 @@ def loadtest_auth(api_key: str) -> Any:
 async def _gateway_child(a: argparse.Namespace) -> None:
     import logging
 
-    from services.gateway.config import DispatcherConfig, GatewayConfig
+    from services.dispatcher.config import DispatcherConfig
+    from services.gateway.config import GatewayConfig
     from services.gateway.server import Gateway
 
     logging.basicConfig(level=logging.WARNING, format="gateway child %(levelname)s %(name)s: %(message)s")
@@ -181,11 +182,11 @@ async def _stop_gateway(gw: Any, timeout_s: float = 3.0) -> None:
 
 
 async def _dispatcher_child(a: argparse.Namespace) -> None:
-    from services.common.jobstore import JobStore
     from services.common.metrics import Metrics
+    from services.dispatcher.config import DispatcherConfig
     from services.dispatcher.dispatcher import Dispatcher
     from services.dispatcher.worker_client import WorkerClient
-    from services.gateway.config import DispatcherConfig
+    from services.queue.jobstore import JobStore
 
     store = JobStore.from_url(a.redis_url, prefix=a.prefix)
     worker = WorkerClient(a.worker, "text")

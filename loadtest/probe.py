@@ -75,7 +75,7 @@ class Probe:
                 s[1] += delay
             return await orig_sleep(delay, result)
 
-        from services.common.resp import FastRedis
+        from services.queue.resp import FastRedis
 
         orig_fast = FastRedis.execute
 
@@ -102,7 +102,7 @@ class Probe:
         return {"calls": self.calls, "sleeps": self.sleeps}
 
 
-_AREAS = (("redis-py", "redis/"), ("pipelined redis", "services/common/resp.py"), ("grpc", "grpc/"),
+_AREAS = (("redis-py", "redis/"), ("pipelined redis", "services/queue/resp.py"), ("grpc", "grpc/"),
           ("protobuf", "google/protobuf"), ("tessera services", "services/"), ("asyncio", "asyncio/"))
 
 

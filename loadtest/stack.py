@@ -121,7 +121,7 @@ class Child:
 class EchoStack:
     """Redis + echo worker + one gateway on 127.0.0.1. Use as a context manager."""
 
-    redis: Any  # services.common.redis_server.RedisServer (imported lazily: children do not need it)
+    redis: Any  # services.queue.redis_server.RedisServer (imported lazily: children do not need it)
     worker: Child
     gateway: Child
     max_in_flight: int
@@ -135,7 +135,7 @@ class EchoStack:
     def start(cls, max_in_flight: int = 64, delay_s: float = 0.0, port: int = 0,
               api_key: str = DEFAULT_KEY, gateway_loop: str = "asyncio", dispatchers: int = 0,
               relay: bool = False) -> EchoStack:
-        from services.common.redis_server import RedisServer
+        from services.queue.redis_server import RedisServer
 
         redis = RedisServer().start()
         children: list[Child] = []

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from services.common.redis_server import RedisServer
+from services.queue.redis_server import RedisServer
 
 
 @pytest.fixture(scope="session")

@@ -6,15 +6,7 @@ gateway and dispatchers, and the Ray Serve autoscaler's queue-aware policy for t
 
 from __future__ import annotations
 
-import asyncio
-import logging
-
-import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-
-from services.common.jobstore import GROUP, JobStore, now_ms
-
-log = logging.getLogger(__name__)
 
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _CHUNK = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
@@ -56,42 +48,3 @@ class Metrics:
 
     def serve(self, port: int, host: str = "0.0.0.0") -> None:
         start_http_server(port, addr=host, registry=self.registry)
-
-
-async def poll_queues(store: JobStore, metrics: Metrics, services: list[str], interval_s: float = 2.0) -> None:
-    """Refresh queue depth and oldest-job age from Redis, forever."""
-    while True:
-        try:
-            for svc in services:
-                depth, age = await queue_stats(store, svc)
-                metrics.queue_depth.labels(svc).set(depth)
-                metrics.oldest_age.labels(svc).set(age)
-            metrics.redis_up.set(1)
-        except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as e:
-            metrics.redis_up.set(0)
-            log.debug("queue poll failed: %s", e)
-        except aioredis.ResponseError as e:  # e.g. NOGROUP before the first dispatcher starts
-            log.debug("queue poll: %s", e)
-        await asyncio.sleep(interval_s)
-
-
-async def queue_stats(store: JobStore, service: str) -> tuple[int, float]:
-    """(jobs waiting, age in seconds of the oldest waiting job) for one service queue."""
-    q = store.queue_key(service)
-    length = await store.r.xlen(q)
-    if not length:
-        return 0, 0.0
-    groups = {g["name"].decode() if isinstance(g["name"], bytes) else g["name"]: g
-              for g in await store.r.xinfo_groups(q)}
-    g = groups.get(GROUP)
-    last = (g["last-delivered-id"] if g else b"0-0")
-    last = last.decode() if isinstance(last, bytes) else last
-    pending = int(g["pending"]) if g else 0
-    waiting = max(0, length - pending)
-    if not waiting:
-        return 0, 0.0
-    first = await store.r.xrange(q, min=f"({last}", count=1)
-    if not first:
-        return waiting, 0.0
-    ms = int(first[0][0].decode().split("-")[0])
-    return waiting, max(0.0, (now_ms() - ms) / 1000)

@@ -29,11 +29,12 @@ import grpc
 import redis.asyncio as aioredis
 
 from services.common.aio import cancel_all
-from services.common.jobstore import GROUP, SERVICE_OF, TERMINAL, JobStore, now_ms
 from services.common.metrics import Metrics
+from services.dispatcher.config import DispatcherConfig
 from services.dispatcher.runners import RUNNERS, Attempt
 from services.dispatcher.worker_client import StartedCall, WorkerClient, new_call_id
-from services.gateway.config import DispatcherConfig
+from services.queue.jobstore import TERMINAL, JobStore, now_ms
+from services.queue.kinds import JobKind, Service
 from tessera.v1 import jobs_pb2
 
 log = logging.getLogger(__name__)
@@ -52,10 +53,13 @@ class Dispatcher:
     worker: WorkerClient
     cfg: DispatcherConfig
     metrics: Metrics
-    service: str = "text"
+    service: Service = Service.TEXT  # a Service or its name
     name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}")
     running: dict[str, _Running] = field(default_factory=dict)
     _slot_free: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.service = Service(self.service)  # a name no service has fails here, not at the first job
 
     async def run(self) -> None:
         """Dispatch until cancelled; survives Redis outages (retries with backoff)."""
@@ -131,7 +135,7 @@ class Dispatcher:
         if not data:
             return None
         spec = jobs_pb2.JobSpec.FromString(data)
-        if spec.WhichOneof("kind") != "text":
+        if JobKind.of(spec) is not JobKind.TEXT:
             return None
         timeout = None
         if deadline_ms := int(fields.get(b"deadline_ms", b"0")):
@@ -172,11 +176,12 @@ class Dispatcher:
                 await self._end_failed(job_id, attempt, grpc.StatusCode.DEADLINE_EXCEEDED,
                                        "the job's deadline passed before it could run", entry_id)
                 return
-        kind = rec.job.spec.WhichOneof("kind")
-        runner = RUNNERS.get(kind or "")
-        if runner is None or SERVICE_OF.get(kind or "") != self.service:
+        kind = JobKind.of(rec.job.spec)
+        runner = RUNNERS.get(kind) if kind is not None else None
+        if kind is None or runner is None or kind.service != self.service:
+            name = rec.job.spec.WhichOneof("kind") or "empty"
             await self._end_failed(job_id, attempt, grpc.StatusCode.INVALID_ARGUMENT,
-                                   f"a {kind or 'empty'} job cannot run on the {self.service} queue", entry_id)
+                                   f"a {name} job cannot run on the {self.service} queue", entry_id)
             return
         outcome = await runner(Attempt(self.store, self.metrics, self.worker, self.service, job_id, attempt, rec,
                                        timeout, entry_id, self.cfg.chunk_linger_ms / 1000,
@@ -187,8 +192,7 @@ class Dispatcher:
             return
         if outcome == "retry":
             await asyncio.sleep(self.cfg.retry_backoff_ms / 1000)
-            # Re-enqueue as a fresh entry; the attempt counter carries over in the job record.
-            await self.store.r.xadd(self.store.queue_key(self.service), {"job_id": job_id, "service": self.service})
+            await self.store.requeue(self.service, job_id)
         elif outcome == "gone":
             # Cancelled (ack it), or another dispatcher took the job over (its entry now: leave it).
             now = await self.store.get(job_id)
@@ -205,47 +209,40 @@ class Dispatcher:
 
     # ---- liveness, recovery, cancellation ------------------------------------------------------------
     async def _heartbeat_loop(self) -> None:
-        q = self.store.queue_key(self.service)
         while True:
             await asyncio.sleep(self.cfg.heartbeat_ms / 1000)
             ids = [r.entry_id for r in self.running.values()]
             if ids:
                 with contextlib.suppress(*_REDIS_DOWN, aioredis.ResponseError):
-                    await self.store.r.xclaim(q, GROUP, self.name, 0, ids, justid=True)
+                    await self.store.heartbeat(self.service, self.name, ids)
 
     async def _reclaim_loop(self) -> None:
-        q = self.store.queue_key(self.service)
         while True:
             await asyncio.sleep(self.cfg.claim_idle_ms / 3000)
             free = self.cfg.max_in_flight - len(self.running)
             if free <= 0:
                 continue
             try:
-                resp = await self.store.r.xautoclaim(q, GROUP, self.name, self.cfg.claim_idle_ms, "0-0", count=free)
+                entries = await self.store.autoclaim(self.service, self.name, self.cfg.claim_idle_ms, free)
             except (*_REDIS_DOWN, aioredis.ResponseError):
                 continue
-            for eid, fields in resp[1]:
-                if fields:  # entries deleted meanwhile come back empty
-                    log.warning("dispatcher %s: reclaimed job %s", self.name, fields[b"job_id"].decode())
-                    self._launch(eid.decode(), fields[b"job_id"].decode())
+            for eid, fields in entries:
+                log.warning("dispatcher %s: reclaimed job %s", self.name, fields[b"job_id"].decode())
+                self._launch(eid, fields[b"job_id"].decode())
 
     async def _cancel_listener(self) -> None:
         while True:
             try:
-                pubsub = self.store.r.pubsub()
-                await pubsub.subscribe(self.store.cancel_channel)
-                async for msg in pubsub.listen():
-                    if msg.get("type") != "message":
-                        continue
-                    job_id = msg["data"].decode()
-                    running = self.running.get(job_id)
-                    if running is not None:
-                        running.task.cancel()  # cancels the worker call -> decoding stops
-                        with contextlib.suppress(asyncio.CancelledError, Exception):
-                            await running.task
-                        with contextlib.suppress(*_REDIS_DOWN):
-                            await self.store.done(self.service, running.entry_id)
-                        self.metrics.jobs.labels(self.service, "CANCELLED").inc()
+                async with contextlib.aclosing(self.store.cancelled_jobs()) as cancelled:
+                    async for job_id in cancelled:
+                        running = self.running.get(job_id)
+                        if running is not None:
+                            running.task.cancel()  # cancels the worker call -> decoding stops
+                            with contextlib.suppress(asyncio.CancelledError, Exception):
+                                await running.task
+                            with contextlib.suppress(*_REDIS_DOWN):
+                                await self.store.done(self.service, running.entry_id)
+                            self.metrics.jobs.labels(self.service, "CANCELLED").inc()
             except _REDIS_DOWN:
                 await asyncio.sleep(1.0)
 

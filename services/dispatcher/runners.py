@@ -20,9 +20,10 @@ from typing import Any
 
 import grpc
 
-from services.common.jobstore import JobRecord, JobStore, event_bytes
 from services.common.metrics import Metrics
 from services.dispatcher.worker_client import WorkerClient, WorkerError
+from services.queue.jobstore import JobRecord, JobStore, event_bytes
+from services.queue.kinds import JobKind
 from tessera.v1 import common_pb2, images_pb2, jobs_pb2, text_pb2, understanding_pb2
 
 _FINISH = {"stop": common_pb2.FINISH_REASON_STOP, "length": common_pb2.FINISH_REASON_LENGTH}
@@ -124,12 +125,9 @@ class Attempt:
         return True
 
     async def streamed_text(self) -> str:
-        parts = []
-        for _, fields in await self.store.r.xrange(self.store.events_key(self.job_id)):
-            ev = jobs_pb2.JobEvent.FromString(fields[b"e"])
-            if ev.WhichOneof("kind") == "text_chunk":
-                parts.append(ev.text_chunk.text)
-        return "".join(parts)
+        """The text earlier attempts already streamed (what a resumed attempt skips)."""
+        return "".join(ev.text_chunk.text for ev in await self.store.past_events(self.job_id)
+                       if ev.WhichOneof("kind") == "text_chunk")
 
 
 async def _guarded(a: Attempt, body: Callable[[], Awaitable[str]]) -> str:
@@ -219,11 +217,12 @@ async def run_understand(a: Attempt) -> str:
 
 async def run_image(a: Attempt) -> str:
     spec = a.rec.job.spec
-    kind = spec.WhichOneof("kind")
-    req = spec.image if kind == "image" else spec.edit
-    stream = (a.worker.generate_image(a.job_id, spec.image, a.timeout, a.call_id) if kind == "image"
+    kind = JobKind.of(spec)
+    req = spec.image if kind is JobKind.IMAGE else spec.edit
+    stream = (a.worker.generate_image(a.job_id, spec.image, a.timeout, a.call_id) if kind is JobKind.IMAGE
               else a.worker.edit_image(a.job_id, spec.edit, a.timeout, a.call_id))
-    return await _guarded(a, lambda: _run_image_stream(a, stream, req.model, kind or "image", req.params.seed))
+    return await _guarded(a, lambda: _run_image_stream(a, stream, req.model, kind or JobKind.IMAGE,
+                                                       req.params.seed))
 
 
 async def _run_image_stream(a: Attempt, stream: AsyncIterator, model: str, kind: str, seed: int) -> str:
@@ -265,5 +264,6 @@ async def _run_image_stream(a: Attempt, stream: AsyncIterator, model: str, kind:
     return "ok"
 
 
-RUNNERS: dict[str, Callable[[Attempt], Awaitable[str]]] = {
-    "text": run_text, "understand": run_understand, "image": run_image, "edit": run_image}
+# One runner per kind of job (services/queue/kinds.py); test_runners checks that none is missing.
+RUNNERS: dict[JobKind, Callable[[Attempt], Awaitable[str]]] = {
+    JobKind.TEXT: run_text, JobKind.UNDERSTAND: run_understand, JobKind.IMAGE: run_image, JobKind.EDIT: run_image}

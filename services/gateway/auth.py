@@ -19,8 +19,8 @@ from typing import Any
 import grpc
 import yaml
 
-from services.common.rpc_errors import RpcError, abort
 from services.gateway.config import AuthConfig
+from services.gateway.rpc_errors import RpcError, abort
 
 OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 ANONYMOUS = "anonymous"

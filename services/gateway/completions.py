@@ -2,7 +2,7 @@
 
 A unary call (Generate) used to hold a blocking XREAD on its job's `final` stream: one command and
 one pooled connection per waiting call. Instead, the job records this process's channel
-(`notify`), the job's final transition publishes its last event there (services/common/jobstore.py,
+(`notify`), the job's final transition publishes its last event there (services/queue/jobstore.py,
 _TRANSITION), and one listener task hands each event to the call waiting for it.
 
 Pub/sub is fire-and-forget: a message published while the listener is reconnecting is lost. So a
@@ -19,7 +19,7 @@ import os
 
 import redis.asyncio as aioredis
 
-from services.common.jobstore import JobStore
+from services.queue.jobstore import JobStore
 from tessera.v1 import jobs_pb2
 
 log = logging.getLogger(__name__)

@@ -1,15 +1,20 @@
-"""Gateway and dispatcher configuration (YAML file, then TESSERA_* environment overrides)."""
+"""Gateway configuration (YAML file, then TESSERA_* environment overrides).
+
+The `dispatcher:` section is the dispatcher's own config (services/dispatcher/config.py), for the
+dispatchers the gateway runs in-process.
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-SERVICES = ("text", "image", "understanding")  # one Redis queue each
+from services.common.config import check_keys
+from services.dispatcher.config import DispatcherConfig
 
 
 @dataclass(slots=True)
@@ -68,41 +73,6 @@ class AuthConfig:
 
 
 @dataclass(slots=True)
-class DispatcherConfig:
-    enabled: bool = True  # run dispatchers inside the gateway process
-    worker_address: str = "127.0.0.1:9000"  # Ray Serve gRPC proxy
-    worker_application: str = "text"  # the text worker's Serve application
-    image_application: str = "image"
-    understanding_application: str = "understanding"
-    services: list[str] = field(default_factory=lambda: list(SERVICES))  # queues this process dispatches
-    max_in_flight: int = 8  # bounded window of jobs forwarded at once, per dispatcher
-    claim_idle_ms: int = 15000  # a pending job idle this long belongs to a dead dispatcher
-    heartbeat_ms: int = 3000  # how often a live dispatcher refreshes its jobs' idle time
-    max_attempts: int = 3
-    retry_backoff_ms: int = 500
-    # How long a job's event write waits for more events to share it (see runners._ChunkWriter):
-    # fewer Redis round trips for fast workers, at most this much later to a watcher.
-    chunk_linger_ms: float = 2.0
-
-    def __post_init__(self) -> None:
-        if self.max_in_flight <= 0 or self.max_attempts <= 0:
-            raise ValueError("max_in_flight and max_attempts must be positive")
-        if not 0 <= self.chunk_linger_ms <= 1000:
-            raise ValueError("chunk_linger_ms must be in [0, 1000]")
-        if self.heartbeat_ms * 2 > self.claim_idle_ms:
-            raise ValueError("heartbeat_ms must be well below claim_idle_ms (at most half)")
-        if unknown := set(self.services) - set(SERVICES):
-            raise ValueError(f"dispatcher.services: unknown {sorted(unknown)}; expected some of {list(SERVICES)}")
-
-    @property
-    def applications(self) -> dict[str, str]:
-        """Serve application per dispatched service."""
-        apps = {"text": self.worker_application, "image": self.image_application,
-                "understanding": self.understanding_application}
-        return {s: apps[s] for s in self.services}
-
-
-@dataclass(slots=True)
 class GatewayConfig:
     host: str = "127.0.0.1"
     port: int = 50051
@@ -125,13 +95,16 @@ class GatewayConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GatewayConfig:
-        nested = {"text": TextLimits, "images": ImageLimits, "understanding": UnderstandingLimits, "auth": AuthConfig,
-                  "dispatcher": DispatcherConfig}
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown gateway config keys: {sorted(unknown)}")
-        kw = {k: (nested[k](**v) if k in nested else v) for k, v in d.items()}
+        nested: dict[str, type] = {"text": TextLimits, "images": ImageLimits, "understanding": UnderstandingLimits,
+                                   "auth": AuthConfig}
+        kw: dict[str, Any] = {}
+        for k, v in check_keys(cls, d, "", "gateway config").items():
+            if k == "dispatcher":  # the dispatcher's own section (its config checks its keys)
+                kw[k] = DispatcherConfig.from_dict(v or {}, k)
+            elif k in nested:
+                kw[k] = nested[k](**check_keys(nested[k], v or {}, k, "gateway config"))
+            else:
+                kw[k] = v
         return cls(**kw)
 
     @classmethod
@@ -146,3 +119,4 @@ class GatewayConfig:
         if v := os.environ.get("TESSERA_WORKER_ADDRESS"):
             cfg.dispatcher.worker_address = v
         return cfg
+

@@ -10,17 +10,17 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import grpc
 import redis.asyncio as aioredis
 from google.rpc import status_pb2
 
-from services.common.jobstore import SERVICE_OF, TERMINAL, JobStore, new_job_id, now_ms
 from services.common.metrics import Metrics
-from services.common.rpc_errors import RpcError, status_code_of, unavailable
 from services.gateway.completions import Completions
 from services.gateway.config import GatewayConfig
+from services.gateway.rpc_errors import RpcError, status_code_of, unavailable
 from services.gateway.validation import (
     check,
     check_job_id,
@@ -29,10 +29,36 @@ from services.gateway.validation import (
     image_request_violations,
     understanding_violations,
 )
+from services.queue.jobstore import TERMINAL, JobStore, new_job_id, now_ms
+from services.queue.kinds import JobKind
 from tessera.v1 import jobs_pb2
 
 T = TypeVar("T")
 _REDIS_ERRORS = (aioredis.ConnectionError, aioredis.TimeoutError, ConnectionError, OSError)
+
+
+@dataclass(frozen=True, slots=True)
+class KindRules:
+    """What the gateway checks and fixes in one kind of job before it is enqueued."""
+
+    validate: Callable[[Any, GatewayConfig, str], None]  # (the kind's request, config, field) -> RpcError if bad
+    models: Callable[[GatewayConfig], list[str]]  # the models a request may name; the first is the default
+    seeded: bool  # has params.seed, fixed here so every attempt makes the same output
+    in_thread: bool  # validation decodes images: run it off the event loop
+
+
+# One entry per kind of job (services/queue/kinds.py); test_kinds checks that none is missing.
+RULES: dict[JobKind, KindRules] = {
+    JobKind.TEXT: KindRules(lambda req, cfg, field: check_text(req, cfg.text, field), lambda cfg: cfg.text.models,
+                            seeded=True, in_thread=False),
+    JobKind.IMAGE: KindRules(lambda req, cfg, field: check(image_request_violations(req, cfg.images, field)),
+                             lambda cfg: cfg.images.models, seeded=True, in_thread=True),
+    JobKind.EDIT: KindRules(lambda req, cfg, field: check(edit_request_violations(req, cfg.images, field)),
+                            lambda cfg: cfg.images.models, seeded=True, in_thread=True),
+    JobKind.UNDERSTAND: KindRules(
+        lambda req, cfg, field: check(understanding_violations(req, cfg.understanding, cfg.images, field)),
+        lambda cfg: cfg.understanding.models, seeded=False, in_thread=True),
+}
 
 
 async def guarded(op: Callable[[], Awaitable[T]]) -> T:
@@ -47,31 +73,20 @@ class DataPlane:
                  completions: Completions | None = None) -> None:
         self.cfg, self.store, self.metrics, self.completions = cfg, store, metrics, completions
 
-    def _prepare(self, spec: jobs_pb2.JobSpec, field: str) -> jobs_pb2.JobSpec:
+    def _prepare(self, kind: JobKind, spec: jobs_pb2.JobSpec, field: str) -> jobs_pb2.JobSpec:
         """Validate a spec (field violations name `field`) and fix what every attempt must agree on:
-        the default model and the sampling seed. Runs in a thread: image checks decode pixels."""
-        kind = spec.WhichOneof("kind")
+        the default model and the sampling seed."""
+        rules = RULES[kind]
+        rules.validate(getattr(spec, kind), self.cfg, field)
         out = jobs_pb2.JobSpec()
         out.CopyFrom(spec)
-        if kind == "text":
-            check_text(spec.text, self.cfg.text, field)
-            req, models = out.text, self.cfg.text.models
-            params = out.text.params
-        elif kind == "image":
-            check(image_request_violations(spec.image, self.cfg.images, field))
-            req, models, params = out.image, self.cfg.images.models, out.image.params
-        elif kind == "edit":
-            check(edit_request_violations(spec.edit, self.cfg.images, field))
-            req, models, params = out.edit, self.cfg.images.models, out.edit.params
-        else:
-            check(understanding_violations(spec.understand, self.cfg.understanding, self.cfg.images, field))
-            req, models, params = out.understand, self.cfg.understanding.models, None
+        req = getattr(out, kind)
         if not req.model:
-            req.model = models[0]
-        if params is not None and not params.HasField("seed"):
+            req.model = rules.models(self.cfg)[0]
+        if rules.seeded and not req.params.HasField("seed"):
             # A fixed seed makes every attempt of this job produce the same output, so a job
             # reclaimed from a dead dispatcher resumes where it stopped, without duplicates.
-            params.seed = int.from_bytes(os.urandom(4), "little")
+            req.params.seed = int.from_bytes(os.urandom(4), "little")
         return out
 
     async def submit(self, owner: str, spec: jobs_pb2.JobSpec, idempotency_key: str = "",
@@ -79,17 +94,19 @@ class DataPlane:
                      notify: str = "") -> tuple[str, bool]:
         """Validate and enqueue on the kind's queue; `field` names the request in field violations
         (default `spec.<kind>`)."""
-        kind = spec.WhichOneof("kind")
-        if kind is None:
-            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "job spec is empty: set one of its kinds",
-                           violations=[("spec", f"one of [{', '.join(SERVICE_OF)}] must be set")])
+        name = spec.WhichOneof("kind")
+        kind = JobKind.named(name)
+        if kind is None or kind not in RULES:
+            problem = f"kind {name!r} is not served" if name else "is empty"
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"job spec {problem}: set one of its kinds",
+                           violations=[("spec", f"one of [{', '.join(RULES)}] must be set")])
         if len(idempotency_key) > 128:
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "idempotency_key is too long",
                            violations=[("idempotency_key", "at most 128 characters")])
         field = field or f"spec.{kind}"
-        spec = (self._prepare(spec, field) if kind == "text"
-                else await asyncio.to_thread(self._prepare, spec, field))
-        service = SERVICE_OF[kind]
+        spec = (await asyncio.to_thread(self._prepare, kind, spec, field) if RULES[kind].in_thread
+                else self._prepare(kind, spec, field))
+        service = kind.service
         deadline_ms = now_ms() + int(deadline_s * 1000) if deadline_s else 0
         job_id, created = await guarded(lambda: self.store.submit(owner, service, spec, idempotency_key, deadline_ms,
                                                                   job_id, notify))

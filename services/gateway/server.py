@@ -13,17 +13,16 @@ import signal
 from dataclasses import dataclass, field
 
 import grpc
+import redis.asyncio as aioredis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common.aio import cancel_all
-from services.common.jobstore import JobStore
-from services.common.metrics import Metrics, poll_queues
+from services.common.metrics import Metrics
 from services.dispatcher.dispatcher import dispatch_all, worker_clients
 from services.dispatcher.worker_client import WorkerClient
 from services.gateway.auth import Authenticator, AuthInterceptor
 from services.gateway.completions import Completions
-from services.gateway.config import SERVICES as QUEUES
 from services.gateway.config import GatewayConfig
 from services.gateway.dataplane import DataPlane
 from services.gateway.servicers import (
@@ -32,6 +31,8 @@ from services.gateway.servicers import (
     TextGenerationServicer,
     UnderstandingServicer,
 )
+from services.queue.jobstore import JobStore
+from services.queue.kinds import Service
 from tessera.v1 import (
     images_pb2,
     images_pb2_grpc,
@@ -49,6 +50,24 @@ SERVICES = tuple(mod.DESCRIPTOR.services_by_name[name].full_name for mod, name i
     (understanding_pb2, "UnderstandingService"), (jobs_pb2, "JobService")))
 
 
+async def poll_queues(store: JobStore, metrics: Metrics, services: list[str], interval_s: float = 2.0) -> None:
+    """Refresh the queue gauges (depth, oldest job's age) from Redis, forever: the gateway exports them
+    for the autoscalers whether or not it dispatches."""
+    while True:
+        try:
+            for svc in services:
+                depth, age = await store.queue_stats(svc)
+                metrics.queue_depth.labels(svc).set(depth)
+                metrics.oldest_age.labels(svc).set(age)
+            metrics.redis_up.set(1)
+        except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as e:
+            metrics.redis_up.set(0)
+            log.debug("queue poll failed: %s", e)
+        except aioredis.ResponseError as e:  # e.g. NOGROUP before the first dispatcher starts
+            log.debug("queue poll: %s", e)
+        await asyncio.sleep(interval_s)
+
+
 @dataclass
 class Gateway:
     cfg: GatewayConfig
@@ -63,7 +82,7 @@ class Gateway:
     @property
     def worker(self) -> WorkerClient:
         """The text worker client (tests swap its channel to simulate a dead worker)."""
-        return self.workers["text"]
+        return self.workers[Service.TEXT]
 
     async def start(self, auth: Authenticator | None = None) -> int:
         cfg = self.cfg
@@ -92,7 +111,7 @@ class Gateway:
             await self.health.set(svc, health_pb2.HealthCheckResponse.SERVING)
         if cfg.metrics_port:
             self.metrics.serve(cfg.metrics_port)
-        self.tasks.append(asyncio.create_task(poll_queues(self.store, self.metrics, list(QUEUES))))
+        self.tasks.append(asyncio.create_task(poll_queues(self.store, self.metrics, list(Service))))
         if cfg.dispatcher.enabled:  # one dispatcher per service queue, each with its own window
             self.workers = worker_clients(cfg.dispatcher)
             self.tasks.append(asyncio.create_task(dispatch_all(self.store, cfg.dispatcher, self.metrics,

@@ -10,10 +10,11 @@ from typing import Any
 
 import grpc
 
-from services.common.jobstore import TERMINAL
-from services.common.rpc_errors import RpcError, abort
 from services.gateway.auth import Authenticator
 from services.gateway.dataplane import DataPlane, error_from_status
+from services.gateway.rpc_errors import RpcError, abort
+from services.queue.jobstore import TERMINAL
+from services.queue.kinds import JobKind
 from tessera.v1 import (
     images_pb2,
     images_pb2_grpc,
@@ -109,13 +110,14 @@ class _JobRunner(_Base):
         except Exception:
             pass
 
-    async def _relay(self, spec: jobs_pb2.JobSpec, idempotency_key: str, ctx: grpc.aio.ServicerContext,
-                     response: Callable[..., Any], payloads: dict[str, str], result: str) -> AsyncIterator[Any]:
-        """Stream `response` messages: the job id first (before any payload, so the client can resume or
-        cancel), then each event kind in `payloads` (event kind -> response field), then the result's
-        `result` field as `result`."""
+    async def _relay(self, kind: JobKind, request: Any, idempotency_key: str, ctx: grpc.aio.ServicerContext,
+                     response: Callable[..., Any], payloads: dict[str, str]) -> AsyncIterator[Any]:
+        """Run `request` as a job of `kind` and stream `response` messages: the job id first (before any
+        payload, so the client can resume or cancel), then each event kind in `payloads` (event kind ->
+        response field), then the kind's result as `result`."""
         first = True
-        async for job_id, ev in self._run(spec, idempotency_key, ctx):
+        result = kind.result_field
+        async for job_id, ev in self._run(kind.spec(request), idempotency_key, ctx):
             kind = ev.WhichOneof("kind")
             if first:
                 first = False
@@ -131,7 +133,7 @@ class TextGenerationServicer(_JobRunner, text_pb2_grpc.TextGenerationServiceServ
     async def Generate(self, req: text_pb2.GenerateRequest, ctx: grpc.aio.ServicerContext) -> Any:
         submitted: list[str] = []
         try:
-            job_id, ev = await self.plane.submit_and_wait(self.owner(ctx), jobs_pb2.JobSpec(text=req.request),
+            job_id, ev = await self.plane.submit_and_wait(self.owner(ctx), JobKind.TEXT.spec(req.request),
                                                           req.idempotency_key, _deadline(ctx), "request",
                                                           submitted.append)
         except asyncio.CancelledError:  # the caller went away: stop its job, as the streaming calls do
@@ -148,8 +150,8 @@ class TextGenerationServicer(_JobRunner, text_pb2_grpc.TextGenerationServiceServ
     @streaming
     async def GenerateStream(self, req: text_pb2.GenerateStreamRequest,
                              ctx: grpc.aio.ServicerContext) -> AsyncIterator[text_pb2.GenerateStreamResponse]:
-        async for msg in self._relay(jobs_pb2.JobSpec(text=req.request), req.idempotency_key, ctx,
-                                     text_pb2.GenerateStreamResponse, {"text_chunk": "chunk"}, "text"):
+        async for msg in self._relay(JobKind.TEXT, req.request, req.idempotency_key, ctx,
+                                     text_pb2.GenerateStreamResponse, {"text_chunk": "chunk"}):
             yield msg
 
 
@@ -158,16 +160,16 @@ class ImageGenerationServicer(_JobRunner, images_pb2_grpc.ImageGenerationService
     @streaming
     async def GenerateImage(self, req: images_pb2.GenerateImageRequest,
                             ctx: grpc.aio.ServicerContext) -> AsyncIterator[images_pb2.GenerateImageResponse]:
-        async for msg in self._relay(jobs_pb2.JobSpec(image=req.request), req.idempotency_key, ctx,
-                                     images_pb2.GenerateImageResponse, {"image_progress": "progress"}, "image"):
+        async for msg in self._relay(JobKind.IMAGE, req.request, req.idempotency_key, ctx,
+                                     images_pb2.GenerateImageResponse, {"image_progress": "progress"}):
             yield msg
 
     @rpc
     @streaming
     async def EditImage(self, req: images_pb2.EditImageRequest,
                         ctx: grpc.aio.ServicerContext) -> AsyncIterator[images_pb2.EditImageResponse]:
-        async for msg in self._relay(jobs_pb2.JobSpec(edit=req.request), req.idempotency_key, ctx,
-                                     images_pb2.EditImageResponse, {"image_progress": "progress"}, "image"):
+        async for msg in self._relay(JobKind.EDIT, req.request, req.idempotency_key, ctx,
+                                     images_pb2.EditImageResponse, {"image_progress": "progress"}):
             yield msg
 
 
@@ -176,8 +178,8 @@ class UnderstandingServicer(_JobRunner, understanding_pb2_grpc.UnderstandingServ
     @streaming
     async def Understand(self, req: understanding_pb2.UnderstandRequest,
                          ctx: grpc.aio.ServicerContext) -> AsyncIterator[understanding_pb2.UnderstandResponse]:
-        async for msg in self._relay(jobs_pb2.JobSpec(understand=req.request), req.idempotency_key, ctx,
-                                     understanding_pb2.UnderstandResponse, {"text_chunk": "chunk"}, "understand"):
+        async for msg in self._relay(JobKind.UNDERSTAND, req.request, req.idempotency_key, ctx,
+                                     understanding_pb2.UnderstandResponse, {"text_chunk": "chunk"}):
             yield msg
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 
 from services.common.images import ImageError, inspect_image
-from services.common.rpc_errors import invalid_argument
 from services.gateway.config import ImageLimits, TextLimits, UnderstandingLimits
+from services.gateway.rpc_errors import invalid_argument
 from tessera.v1 import images_pb2, text_pb2, understanding_pb2
 
 Violations = list[tuple[str, str]]

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import grpc
 
+from services.dispatcher.config import DispatcherConfig
 from services.gateway.auth import ApiKey, Authenticator, hash_key
-from services.gateway.config import AuthConfig, DispatcherConfig, GatewayConfig
+from services.gateway.config import AuthConfig, GatewayConfig
 from services.gateway.server import Gateway
 from services.workers.echo_worker import EchoTextWorker, start_echo_worker
 from tessera.v1 import jobs_pb2_grpc, text_pb2_grpc

@@ -9,8 +9,8 @@ import os
 import grpc
 import pytest
 
-from services.common.jobstore import JobStore, new_job_id
 from services.gateway.completions import Completions
+from services.queue.jobstore import JobStore, new_job_id
 from tessera.v1 import jobs_pb2, text_pb2
 from tests.integration.harness import md, stack
 

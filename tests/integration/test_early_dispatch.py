@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
-from services.common.jobstore import INLINE_SPEC_BYTES
 from services.common.metrics import Metrics
 from services.dispatcher.dispatcher import Dispatcher
 from services.dispatcher.worker_client import WorkerClient
+from services.queue.jobstore import INLINE_SPEC_BYTES
 from tessera.v1 import jobs_pb2, text_pb2
 from tests.integration.harness import stack, wait_for
 

@@ -13,11 +13,11 @@ import grpc
 import pytest
 import yaml
 
-from services.common.jobstore import JobStore
 from services.common.metrics import Metrics
-from services.common.redis_server import RedisServer
 from services.dispatcher.dispatcher import Dispatcher
 from services.dispatcher.worker_client import WorkerClient
+from services.queue.jobstore import JobStore
+from services.queue.redis_server import RedisServer
 from tessera.v1 import jobs_pb2, text_pb2
 from tests.integration.harness import md, stack, wait_for
 

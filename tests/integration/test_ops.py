@@ -8,7 +8,7 @@ import urllib.request
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from services.common.redis_server import free_port
+from services.queue.redis_server import free_port
 from tessera.v1 import text_pb2
 from tests.integration.harness import md, stack
 

@@ -1,4 +1,4 @@
-"""The pipelined Redis client (services/common/resp.py) against a real redis-server: replies reach the
+"""The pipelined Redis client (services/queue/resp.py) against a real redis-server: replies reach the
 right callers however many are in flight, a caller that gives up does not shift the others, scripts
 survive a script-cache flush, and a restart fails what was in flight and then recovers."""
 
@@ -10,8 +10,8 @@ import os
 import pytest
 from redis import exceptions as rx
 
-from services.common.redis_server import RedisServer
-from services.common.resp import FastRedis, FastScript
+from services.queue.redis_server import RedisServer
+from services.queue.resp import FastRedis, FastScript
 
 
 def test_concurrent_commands_get_their_own_replies(redis_server: RedisServer) -> None:

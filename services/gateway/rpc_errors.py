@@ -1,4 +1,4 @@
-"""Rich gRPC errors (google.rpc.Status with details), one definition for every service."""
+"""Rich gRPC errors (google.rpc.Status with details): what the gateway returns to its clients."""
 
 from __future__ import annotations
 

@@ -26,6 +26,7 @@ deletes its queue entry.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import AsyncIterator
@@ -35,13 +36,12 @@ import redis.asyncio as aioredis
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import status_pb2
 
-from services.common.resp import FastRedis, FastScript
+from services.queue.kinds import JobKind
+from services.queue.resp import FastRedis, FastScript
 from tessera.v1 import jobs_pb2
 
 TERMINAL = (jobs_pb2.JOB_STATE_SUCCEEDED, jobs_pb2.JOB_STATE_FAILED, jobs_pb2.JOB_STATE_CANCELLED)
 GROUP = "dispatchers"
-# The queue (service) each kind of JobSpec runs on: image generation and editing share the image workers.
-SERVICE_OF = {"text": "text", "image": "image", "edit": "image", "understand": "understanding"}
 INLINE_SPEC_BYTES = 4096
 
 _SUBMIT = """
@@ -213,7 +213,7 @@ class JobStore:
         data = spec.SerializeToString()
         # A small text spec also rides in the queue entry, so the dispatcher can call the worker
         # while its claim is in flight (Dispatcher._early_call) instead of after it.
-        inline = data if spec.WhichOneof("kind") == "text" and len(data) <= INLINE_SPEC_BYTES else b""
+        inline = data if JobKind.of(spec) is JobKind.TEXT and len(data) <= INLINE_SPEC_BYTES else b""
         fields = ["spec", data, "owner", owner, "service", service,
                   "idem_key", idempotency_key, "deadline_ms", deadline_ms, "notify", notify]
         created, jid = await self._submit(
@@ -261,6 +261,11 @@ class JobStore:
                 yield last, ev
                 if ev.WhichOneof("kind") in ("result", "error"):
                     return
+
+    async def past_events(self, job_id: str) -> list[jobs_pb2.JobEvent]:
+        """Every event the job has recorded so far, oldest first (one read; no waiting for more)."""
+        entries = await self.r.xrange(self.events_key(job_id))
+        return [jobs_pb2.JobEvent.FromString(fields[b"e"]) for _, fields in entries]
 
     async def cancel(self, job_id: str, reason: str = "cancelled by the client") -> bool:
         err = status_pb2.Status(code=1, message=reason)  # grpc CANCELLED
@@ -358,6 +363,59 @@ class JobStore:
         await self.r.xadd(self.dlq_key(service), {"job_id": job_id, "reason": reason, "at_ms": now_ms()},
                           maxlen=100_000, approximate=True)
         await self.done(service, entry_id)
+
+    async def requeue(self, service: str, job_id: str) -> None:
+        """Queue the job again as a fresh entry (its attempt count carries over in the job record);
+        the caller retires the old entry."""
+        await self.r.xadd(self.queue_key(service), {"job_id": job_id, "service": service})
+
+    async def heartbeat(self, service: str, consumer: str, entry_ids: list[str]) -> None:
+        """Reset the idle time of `consumer`'s pending entries (XCLAIM JUSTID to itself), so no other
+        dispatcher reclaims jobs that are still running."""
+        await self.r.xclaim(self.queue_key(service), GROUP, consumer, 0, entry_ids, justid=True)
+
+    async def autoclaim(self, service: str, consumer: str, min_idle_ms: int,
+                        count: int) -> list[tuple[str, dict[bytes, bytes]]]:
+        """Take over up to `count` entries pending longer than `min_idle_ms` (their dispatcher died):
+        (entry id, fields) each. Entries deleted meanwhile come back without fields and are left out."""
+        resp = await self.r.xautoclaim(self.queue_key(service), GROUP, consumer, min_idle_ms, "0-0", count=count)
+        return [(eid.decode(), fields) for eid, fields in resp[1] if fields]
+
+    async def cancelled_jobs(self) -> AsyncIterator[str]:
+        """Ids of jobs cancelled from now on (the cancel channel), as they come; runs until the
+        connection fails (then raises) or the caller stops iterating."""
+        pubsub = self.r.pubsub()
+        try:
+            await pubsub.subscribe(self.cancel_channel)
+            async for msg in pubsub.listen():
+                if msg.get("type") == "message":
+                    yield msg["data"].decode()
+        finally:
+            # Its connection is dead after a failure, or no longer wanted: let the pool drop it.
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+
+    async def queue_stats(self, service: str) -> tuple[int, float]:
+        """(jobs waiting, age in seconds of the oldest waiting job) of one service's queue: entries
+        not yet delivered to a dispatcher (XLEN minus pending, since ended jobs' entries are deleted)."""
+        q = self.queue_key(service)
+        length = await self.r.xlen(q)
+        if not length:
+            return 0, 0.0
+        groups = {g["name"].decode() if isinstance(g["name"], bytes) else g["name"]: g
+                  for g in await self.r.xinfo_groups(q)}
+        g = groups.get(GROUP)
+        last = (g["last-delivered-id"] if g else b"0-0")
+        last = last.decode() if isinstance(last, bytes) else last
+        pending = int(g["pending"]) if g else 0
+        waiting = max(0, length - pending)
+        if not waiting:
+            return 0, 0.0
+        first = await self.r.xrange(q, min=f"({last}", count=1)
+        if not first:
+            return waiting, 0.0
+        ms = int(first[0][0].decode().split("-")[0])
+        return waiting, max(0.0, (now_ms() - ms) / 1000)
 
 
 def _record(job_id: str, h: dict[bytes, bytes]) -> JobRecord | None:
