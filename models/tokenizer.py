@@ -1,4 +1,4 @@
-"""Tokenizer loading (tokenizer.json via the tokenizers library) and streaming detokenization."""
+"""Tokenizer loading (tokenizer.json via the tokenizers library) and incremental streaming detokenization."""
 
 from __future__ import annotations
 
@@ -32,15 +32,39 @@ class TextTokenizer:
 
 
 class StreamDetokenizer:
-    """Turns a stream of token ids into text deltas, holding back incomplete UTF-8 sequences."""
+    """Turns a stream of token ids into text deltas without re-decoding the whole text each time.
+
+    The method of tokenizers' DecodeStream: decode only a window, the ids of the last emitted chunk
+    (context for decoders whose output depends on what precedes, e.g. prefix spaces) plus the ids
+    not emitted yet, and hold back a delta that ends in U+FFFD (a multi-byte character split across
+    tokens). Unlike DecodeStream it can `flush` an incomplete tail at the end of a stream, so the
+    deltas always add up to `tok.decode(all_ids)` (DecodeStream never releases that tail).
+    """
 
     def __init__(self, tok: TextTokenizer) -> None:
-        self.tok, self.ids, self.text = tok, [], ""
+        self.tok = tok
+        self.window: list[int] = []  # window[:read] is the context, window[read:] the ids not yet emitted
+        self.read = 0
+        self.context_text = ""  # decode(window[:read])
 
     def push(self, ids: list[int]) -> str:
-        self.ids.extend(ids)
-        text = self.tok.decode(self.ids)
-        if text.endswith("\ufffd"):  # a multi-byte character split across tokens: wait for the rest
+        """The new text once `ids` follow the ids pushed before ("" while a character is incomplete)."""
+        self.window.extend(ids)
+        text = self.tok.decode(self.window)
+        if len(text) <= len(self.context_text) or text.endswith("\ufffd"):
+            return ""  # nothing new (e.g. a skipped special token), or a character still split
+        return self._emit(text)
+
+    def flush(self) -> str:
+        """Whatever was held back, rendered as a full decode renders it (U+FFFD for a cut character)."""
+        if self.read == len(self.window):
             return ""
-        delta, self.text = text[len(self.text):], text
+        text = self.tok.decode(self.window)
+        return self._emit(text) if len(text) > len(self.context_text) else ""
+
+    def _emit(self, text: str) -> str:
+        delta = text[len(self.context_text):]
+        self.window = self.window[self.read:]  # the emitted chunk becomes the next push's context
+        self.read = len(self.window)
+        self.context_text = self.tok.decode(self.window)
         return delta

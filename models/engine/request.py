@@ -1,0 +1,94 @@
+"""What the engine is asked and what it answers: requests, deltas, completions and per-request stats."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from models.decoders import Decoder, FinishReason
+from models.sampling import SamplingParams
+
+RequestState = Literal["running", "finished", "cancelled", "failed"]
+
+
+class DecodeCancelled(Exception):
+    """Raised inside a decode, by the model's forward pre-hook, once its request is cancelled."""
+
+
+def request_seed(request_id: str) -> int:
+    """A seed fixed by the request id, so a retried request (no seed given) replays the same samples.
+
+    The same function as the workers' job_seed: a retry that lands on a replica of another version
+    during a rollout still repeats the first attempt's samples.
+    """
+    return int.from_bytes(hashlib.blake2b(request_id.encode(), digest_size=8).digest(), "big") >> 1
+
+
+@dataclass(slots=True)
+class TextRequest:
+    prompt: str
+    params: SamplingParams = field(default_factory=SamplingParams)
+    request_id: str = ""  # names the request's stats; seeds a sampled request that has no seed
+    decoder_options: dict[str, Any] | None = None  # make_decoder options for this request; None = the engine's
+    skip_tokens: int = 0  # resume: tokens an earlier attempt already delivered are decoded but not sent
+
+    def __post_init__(self) -> None:
+        if self.skip_tokens < 0:
+            raise ValueError(f"skip_tokens must be >= 0, got {self.skip_tokens}")
+        if self.skip_tokens > self.params.max_tokens:
+            raise ValueError(f"skip_tokens ({self.skip_tokens}) exceeds max_tokens ({self.params.max_tokens})")
+        if self.skip_tokens and self.params.temperature > 0 and self.params.seed is None and not self.request_id:
+            raise ValueError("skip_tokens with temperature > 0 needs a seed or a request_id "
+                             "(the resumed stream must repeat the first one)")
+
+    def seeded_params(self) -> SamplingParams:
+        """The params with the request id's seed when sampling without one (greedy needs none)."""
+        if self.params.seed is not None or self.params.temperature == 0.0 or not self.request_id:
+            return self.params
+        return replace(self.params, seed=request_seed(self.request_id))
+
+
+@dataclass(slots=True)
+class Plan:
+    """A validated request, ready to decode (TextEngine.prepare)."""
+
+    request: TextRequest
+    prompt_ids: list[int]
+    params: SamplingParams  # seeded
+    decoder: Decoder
+
+
+@dataclass(slots=True)
+class TextDelta:
+    text: str  # new final text
+    token_ids: list[int]  # new tokens sent (skipped ones are not)
+    forwards: int  # the decoder's forward passes so far, skipped tokens' included
+    finished: bool = False
+    finish_reason: FinishReason | None = None
+
+
+@dataclass(slots=True)
+class Completion:
+    prompt: str
+    text: str
+    token_ids: list[int] = field(default_factory=list)
+    forwards: int = 0
+    finish_reason: FinishReason | None = None
+    latency_s: float = 0.0
+
+    @property
+    def tokens_per_forward(self) -> float:
+        return len(self.token_ids) / self.forwards if self.forwards else 0.0
+
+
+@dataclass(slots=True)
+class RequestStats:
+    request_id: str
+    forwards: int = 0  # forward passes actually run, counted by the model's hook (cancelled ones' too)
+    tokens: int = 0  # tokens sent (after skip_tokens)
+    state: RequestState = "running"
+    decoding: bool = False  # a decode step is running in some thread right now
+    cancelled: bool = False  # read by the forward pre-hook: the decode stops before its next forward
+    started: float = 0.0
+    ended: float = 0.0
