@@ -4,9 +4,10 @@ the one Serve and delete them when done, instead of each starting a cluster (~10
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,14 +19,24 @@ class ServeCluster:
     grpc_port: int
     http_port: int
 
+    def deploy(self, app: str, args: Mapping[str, Any] | None = None,
+               deployment: Mapping[str, Any] | None = None) -> None:
+        """Deploy one app of the shipped Serve config, with overrides, the way `make run` does."""
+        from services.workers import serve_config
+        from services.workers.deploy import deploy
+
+        deploy(serve_config.configure(only=[app], args={app: args or {}}, deployments={app: deployment or {}},
+                                      grpc_port=self.grpc_port, http_port=self.http_port))
+
 
 @pytest.fixture(scope="session")
 def serve_cluster() -> Iterator[ServeCluster]:
     ray = pytest.importorskip("ray")
     from ray import serve
 
-    from services.common.redis_server import free_port
-    from services.workers.serving import ensure_serve, lenient_proxy_checks
+    from services.queue.redis_server import free_port
+    from services.workers import serve_config
+    from services.workers.deploy import lenient_proxy_checks, start_serve
 
     lenient = lenient_proxy_checks()  # a loaded 2-core machine starts Serve's proxy slowly
     # 4 logical CPUs: text, image and understanding replicas (1 CPU each) fit on the 2-core machine.
@@ -33,7 +44,8 @@ def serve_cluster() -> Iterator[ServeCluster]:
              runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), **lenient}})
     try:
         cluster = ServeCluster(free_port(), free_port())
-        ensure_serve(cluster.grpc_port, cluster.http_port)
+        # The shipped file's proxies (every worker servicer) on free ports; modules deploy onto it.
+        start_serve(serve_config.configure(grpc_port=cluster.grpc_port, http_port=cluster.http_port))
         yield cluster
     finally:
         serve.shutdown()

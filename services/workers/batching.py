@@ -22,6 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from services.workers.config import STRICT
+
 Req = TypeVar("Req")
 Res = TypeVar("Res")
 
@@ -32,6 +34,7 @@ class BatchCancelled(Exception):
 
 @dataclass(slots=True)
 class BatchingConfig:
+    __pydantic_config__ = STRICT  # services.workers.config: unknown keys are errors
     """How long the batcher waits for company, and how many requests one model call may hold."""
 
     max_batch_size: int = 8

@@ -1,16 +1,17 @@
-"""The engine protocol every text worker deployment drives (after Ray Serve LLM's `LLMEngine`).
+"""The engine protocol every worker app drives (after Ray Serve LLM's `LLMEngine`), and the request
+conventions all families share.
 
-The deployment owns Serve concerns (gRPC status codes, metrics, health plumbing); an engine owns
-the model. Streaming is always an async generator, so a cancelled request stops the engine at
-its next await, and a mock engine can stand in for tests.
+The worker server (server.py) owns Serve concerns: gRPC status codes, metrics, cancellation, health
+and shutdown plumbing. An engine owns the model and maps the family's requests to it: each RPC a
+family serves is one engine method taking the request proto, an async generator for a streaming RPC
+(so a cancelled call stops the engine at its next await) or a plain method for a unary one.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import hashlib
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
-
-from tessera.worker.v1.worker_pb2 import DescribeTextResponse, GenerateTextRequest, GenerateTextResponse
 
 # Metadata naming one dispatcher -> worker call, so WorkerControlService.CancelCall can find it on
 # whichever replica runs it (services/workers/cancellation.py).
@@ -22,29 +23,27 @@ def call_id_of(metadata: Sequence[tuple[str, str]] | None) -> str:
     return next((v for k, v in metadata or () if k == CALL_ID_METADATA), "")
 
 
+def job_seed(job_id: str) -> int:
+    """A seed fixed by the job id, so a retried job (no seed given) replays the same samples."""
+    return int.from_bytes(hashlib.blake2b(job_id.encode(), digest_size=8).digest(), "big") >> 1
+
+
 class InvalidRequestError(ValueError):
-    """A request the engine refuses as given (the deployment answers INVALID_ARGUMENT)."""
+    """A request the engine refuses as given (the worker answers INVALID_ARGUMENT with this message)."""
 
 
 @runtime_checkable
-class TextEngineProtocol(Protocol):
+class WorkerEngine(Protocol):
+    """The lifecycle every engine has; its RPC methods are named by the family (family.py)."""
+
     async def start(self) -> None:
-        """Load the model; called once before any other method."""
-        ...
-
-    def generate(self, request: GenerateTextRequest) -> AsyncIterator[GenerateTextResponse]:
-        """Stream one generation: chunks of final text, then a message with finished=True.
-
-        Raises InvalidRequestError before the first message for a request it cannot serve.
-        """
-        ...
-
-    def describe(self) -> DescribeTextResponse:
+        """Load the model; called once, before any request."""
         ...
 
     async def check_health(self) -> None:
-        """Raise if the engine can no longer serve."""
+        """Raise if the engine can no longer serve (Serve then replaces the replica)."""
         ...
 
     async def shutdown(self) -> None:
+        """Stop model threads; running streams have been closed already."""
         ...

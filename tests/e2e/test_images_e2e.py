@@ -19,8 +19,8 @@ from PIL import Image
 import tessera
 from lab.training.images.tiny import NATIVE, PATCHES
 from services.common.images import encode_png
-from services.common.redis_server import RedisServer
 from services.gateway.config import GatewayConfig, ImageLimits
+from services.queue.redis_server import RedisServer
 from tessera.v1 import jobs_pb2
 from tests.integration.harness import KEY, running_gateway
 
@@ -31,15 +31,11 @@ PREFIX = "e2e-img:"
 def gateway_address(redis_server: RedisServer, serve_cluster: Any, image_checkpoints: Path) -> Iterator[str]:
     from ray import serve
 
-    from services.workers.image.server import start_image_worker
-    from services.workers.understanding.server import start_understanding_worker
-
     orthus = str(image_checkpoints / "shapes-orthus")
     deployment = {"max_ongoing_requests": 8, "ray_actor_options": {"num_cpus": 1}}
-    start_image_worker({"model": {"name": "tiny", "model_dir": orthus, "steps": 3}, "deployment": deployment,
-                        "batching": {"max_wait_ms": 20}}, serve_cluster.grpc_port, serve_cluster.http_port)
-    start_understanding_worker({"model": {"name": "tiny", "model_dir": orthus}, "deployment": deployment},
-                               serve_cluster.grpc_port, serve_cluster.http_port)
+    serve_cluster.deploy("image", {"model": {"name": "tiny", "backend": "orthus", "model_dir": orthus, "steps": 3},
+                                   "batching": {"max_wait_ms": 20}}, deployment)
+    serve_cluster.deploy("understanding", {"model": {"name": "tiny", "model_dir": orthus}}, deployment)
     try:
         cfg = GatewayConfig(port=0, metrics_port=0, redis_url=redis_server.url, key_prefix=PREFIX,
                             images=ImageLimits(max_image_bytes=20_000, max_side=256, models=["tiny"]))

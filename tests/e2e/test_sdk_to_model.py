@@ -14,8 +14,8 @@ import pytest
 import tessera
 from lab.test_engine import well_formed
 from lab.worlds import arith
-from services.common.redis_server import RedisServer
 from services.gateway.config import GatewayConfig
+from services.queue.redis_server import RedisServer
 from tests.integration.harness import KEY, running_gateway
 
 
@@ -23,9 +23,7 @@ from tests.integration.harness import KEY, running_gateway
 def gateway_address(redis_server: RedisServer, serve_cluster: Any) -> Iterator[str]:
     from ray import serve
 
-    from services.workers.text.server import APP_NAME, start_text_worker
-
-    start_text_worker(None, serve_cluster.grpc_port, serve_cluster.http_port)
+    serve_cluster.deploy("text")  # the shipped Serve config's text app: the embedded D2F model
     try:
         cfg = GatewayConfig(port=0, metrics_port=0, redis_url=redis_server.url, key_prefix="e2e:")
         cfg.dispatcher.worker_address = f"127.0.0.1:{serve_cluster.grpc_port}"
@@ -33,7 +31,7 @@ def gateway_address(redis_server: RedisServer, serve_cluster: Any) -> Iterator[s
         with running_gateway(cfg) as address:
             yield address
     finally:
-        serve.delete(APP_NAME)
+        serve.delete("text")
 
 
 def test_stream_text_through_the_whole_stack(gateway_address: str) -> None:

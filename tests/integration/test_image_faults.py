@@ -28,11 +28,12 @@ import yaml
 from PIL import Image
 
 from services.common.metrics import Metrics
+from services.dispatcher.config import DispatcherConfig
 from services.dispatcher.dispatcher import Dispatcher
 from services.dispatcher.worker_client import WorkerClient
-from services.gateway.config import DispatcherConfig, GatewayConfig, ImageLimits
+from services.gateway.config import GatewayConfig, ImageLimits
 from services.gateway.server import Gateway
-from services.workers.image.config import ImageWorkerConfig
+from services.workers.image.config import ImageArgs
 from services.workers.image.engine import ImageEngine
 from services.workers.protocol import InvalidRequestError
 from tessera.v1 import images_pb2, images_pb2_grpc, jobs_pb2, jobs_pb2_grpc
@@ -90,7 +91,7 @@ def _kill(proc: subprocess.Popen) -> None:
 def test_killed_image_dispatcher_job_is_reclaimed_and_finished_without_duplicates(
         redis_server, image_checkpoints: Path, tmp_path: Path) -> None:
     async def go(stack: contextlib.AsyncExitStack) -> None:
-        engine = ImageEngine(ImageWorkerConfig.from_dict({
+        engine = ImageEngine(ImageArgs.load({
             "model": {"name": MODEL, "backend": "orthus", "resolution": RESOLUTION,
                       "model_dir": str(image_checkpoints / "shapes-orthus")},
             "batching": {"max_batch_size": 4, "max_wait_ms": 20}}))

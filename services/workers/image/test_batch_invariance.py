@@ -17,9 +17,9 @@ import pytest
 import torch
 from PIL import Image
 
+from models.images import ImageBackend, ImageJob, load_backend
 from models.nextstep.vae import to_uint8
-from services.workers.image.backends import ImageBackend, ImageJob, load_backend
-from services.workers.image.config import ImageWorkerConfig
+from services.workers.image.config import ImageArgs
 from services.workers.image.engine import ImageEngine
 from tessera.worker.v1 import worker_pb2 as w
 
@@ -66,7 +66,7 @@ def test_request_image_does_not_depend_on_batch_mates(bf16_backend: ImageBackend
 def test_engine_batches_one_padded_length_and_keeps_images(image_checkpoints: Path, backend: str) -> None:
     """Through the engine: prompts of other buckets are not batched together; mates of one bucket do not
     change a request's PNG."""
-    cfg = ImageWorkerConfig.from_dict({
+    cfg = ImageArgs.load({
         "model": {"name": "tiny", "backend": backend, "model_dir": str(image_checkpoints / f"shapes-{backend}"),
                   "steps": 3, "dtype": "bfloat16", "pad_bucket": 16},
         "batching": {"max_batch_size": 8, "max_wait_ms": 100}})

@@ -14,10 +14,10 @@ import torch
 from PIL import Image
 
 from lab.training.images.tiny import NATIVE, PATCHES
-from services.workers.image.config import ImageWorkerConfig
+from services.workers.image.config import ImageArgs
 from services.workers.image.engine import ImageEngine
 from services.workers.protocol import InvalidRequestError
-from services.workers.understanding.config import UnderstandingWorkerConfig
+from services.workers.understanding.config import UnderstandingArgs
 from services.workers.understanding.engine import UnderstandingEngine
 from tessera.worker.v1 import worker_pb2 as w
 
@@ -29,7 +29,7 @@ def run(coro: Any) -> Any:
 
 
 def image_engine(ckpt: Path, backend: str) -> ImageEngine:
-    cfg = ImageWorkerConfig.from_dict({"model": {"name": "tiny", "backend": backend, "steps": 3,
+    cfg = ImageArgs.load({"model": {"name": "tiny", "backend": backend, "steps": 3,
                                                  "model_dir": str(ckpt / f"shapes-{backend}")},
                                        "batching": {"max_batch_size": 8, "max_wait_ms": 50}})
     return ImageEngine(cfg)
@@ -99,7 +99,7 @@ def test_bad_image_requests_are_refused(image_checkpoints: Path, fields: dict[st
 
 def test_understanding_batches_streams_and_resumes(image_checkpoints: Path) -> None:
     async def go() -> None:
-        cfg = UnderstandingWorkerConfig.from_dict({"model": {"name": "tiny",
+        cfg = UnderstandingArgs.load({"model": {"name": "tiny",
                                                              "model_dir": str(image_checkpoints / "shapes-orthus")},
                                                    "batching": {"max_wait_ms": 50}})
         eng = UnderstandingEngine(cfg)

@@ -15,31 +15,27 @@ from PIL import Image
 from ray import serve
 
 from lab.training.images.tiny import NATIVE, PATCHES
-from services.workers.image.config import ImageWorkerConfig
-from services.workers.image.deployment import IMAGE_APP
-from services.workers.image.server import start_image_worker
+from services.workers.image.family import IMAGE
 from services.workers.protocol import CALL_ID_METADATA
 from tessera.worker.v1 import worker_pb2_grpc
 from tessera.worker.v1.worker_pb2 import CancelCallRequest, EditImageRequest, GenerateImageRequest, ImageSampling
 
-MD = (("application", IMAGE_APP.name),)
+MD = (("application", IMAGE.name),)
 
 
 @pytest.fixture(scope="module")
 def stub(image_checkpoints: Path, serve_cluster: Any) -> Iterator[worker_pb2_grpc.ImageWorkerServiceStub]:
-    cfg = ImageWorkerConfig.from_dict({
+    serve_cluster.deploy(IMAGE.name, {
         "model": {"name": "tiny", "backend": "orthus", "model_dir": str(image_checkpoints / "shapes-orthus"),
                   "steps": 3},
         "batching": {"max_batch_size": 4, "max_wait_ms": 200},
-        "deployment": {"max_ongoing_requests": 8, "ray_actor_options": {"num_cpus": 1}},
-    })
-    start_image_worker(cfg, serve_cluster.grpc_port, serve_cluster.http_port)
+    }, {"max_ongoing_requests": 8, "ray_actor_options": {"num_cpus": 1}})
     channel = grpc.insecure_channel(f"127.0.0.1:{serve_cluster.grpc_port}")
     try:
         yield worker_pb2_grpc.ImageWorkerServiceStub(channel)
     finally:
         channel.close()
-        serve.delete(IMAGE_APP.name)
+        serve.delete(IMAGE.name)
 
 
 def generate(stub: worker_pb2_grpc.ImageWorkerServiceStub, prompt: str, **sampling: Any) -> list[Any]:

@@ -17,9 +17,9 @@ from ray import serve
 from models.engine import TextEngine
 from models.sampling import SamplingParams
 from services.workers.protocol import CALL_ID_METADATA
-from services.workers.text.config import TextWorkerConfig
+from services.workers.text.config import TextArgs
 from services.workers.text.conftest import MAX_POSITIONS
-from services.workers.text.server import APP_NAME, start_text_worker
+from services.workers.text.family import TEXT
 from tessera.worker.v1 import worker_pb2_grpc
 from tessera.worker.v1.worker_pb2 import (
     CancelCallRequest,
@@ -28,6 +28,7 @@ from tessera.worker.v1.worker_pb2 import (
     GenerateTextResponse,
 )
 
+APP_NAME = TEXT.name
 MD = (("application", APP_NAME),)
 PROMPT = "What is 2+3?"
 # tau_conf = tau_act = 1 commits one token per forward: a long, slow generation to cancel.
@@ -50,23 +51,21 @@ class Worker:
         return list(self.stub.GenerateText(req, metadata=MD, timeout=timeout))
 
     def stats(self, job_id: str) -> dict[str, Any]:
-        return self.handle.job_stats.remote(job_id).result(timeout_s=10)
+        return self.handle.stats.remote("job_stats", job_id).result(timeout_s=10)
 
 
 @pytest.fixture(scope="module")
 def worker(tiny_model_dir: Path, serve_cluster: Any) -> Iterator[Worker]:
     torch.set_num_threads(1)  # as in the replica, so both decode bit-identically
-    cfg = TextWorkerConfig.from_dict({
-        "model": {"name": "tiny", "model_dir": str(tiny_model_dir), "max_tokens_limit": 1000},
-        "deployment": {"max_ongoing_requests": 4, "health_check_period_s": 2,
-                       "ray_actor_options": {"num_cpus": 1}},
-    })
-    start_text_worker(cfg, grpc_port=serve_cluster.grpc_port, http_port=serve_cluster.http_port)
+    model = {"name": "tiny", "model_dir": str(tiny_model_dir), "max_tokens_limit": 1000}
+    serve_cluster.deploy(APP_NAME, {"model": model},
+                         {"max_ongoing_requests": 4, "health_check_period_s": 2, "ray_actor_options": {"num_cpus": 1}})
     channel = grpc.insecure_channel(f"127.0.0.1:{serve_cluster.grpc_port}")
     try:
-        handle = serve.get_deployment_handle(cfg.deployment.name, app_name=APP_NAME)
+        handle = serve.get_deployment_handle(TEXT.deployment, app_name=APP_NAME)
+        decoder = TextArgs.load({"model": model}).model.decoder
         yield Worker(worker_pb2_grpc.TextWorkerServiceStub(channel), handle,
-                     TextEngine(tiny_model_dir, "d2f", cfg.model.decoder.options_for("d2f")),
+                     TextEngine(tiny_model_dir, "d2f", decoder.options_for("d2f")),
                      worker_pb2_grpc.WorkerControlServiceStub(channel))
     finally:
         channel.close()
