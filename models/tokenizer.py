@@ -4,8 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Protocol
 
 from tokenizers import Tokenizer
+
+
+class TextCodec(Protocol):
+    """Text <-> ids without special tokens: what the engines and the streaming detokenizer use of a
+    tokenizer (`TextTokenizer`, or the lab's in-memory one)."""
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: list[int]) -> str: ...
 
 
 class TextTokenizer:
@@ -41,7 +51,7 @@ class StreamDetokenizer:
     deltas always add up to `tok.decode(all_ids)` (DecodeStream never releases that tail).
     """
 
-    def __init__(self, tok: TextTokenizer) -> None:
+    def __init__(self, tok: TextCodec) -> None:
         self.tok = tok
         self.window: list[int] = []  # window[:read] is the context, window[read:] the ids not yet emitted
         self.read = 0

@@ -8,13 +8,15 @@ Per backend (Orthus, NextStep; both decode through the shared tiny VAE):
   understanding path);
 - s_per_image / images_per_s_1: wall time of the one-at-a-time T2I run;
 - images_per_s_8: the same prompts in groups of 8 concurrent requests, each group batched into ONE call
-  of the model's generate function (what a server that batches requests gets).
-Every request has its own seeded generator where the model supports it, so results do not depend on
-batching. Absolute times depend on the machine; compare rows, not runs.
+  of the backend's `generate` (what a server that batches requests gets).
+The models run through `models.images`, the image workers' own layer, so every request has its own
+seeded generator and results do not depend on batching beyond rounding (a group of 8 is padded to its
+longest prompt's bucket; see models/images). Absolute times depend on the machine; compare rows, not runs.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -29,22 +31,18 @@ from tokenizers import Tokenizer
 from lab.bench.image_breakdown import edit_breakdown
 from lab.training.images.data import IMAGE_SIZE
 from lab.worlds import shapes, shapes_score
-from models.nextstep.generate import GenerationConfig, left_pad, t2i_rows
-from models.nextstep.generate import edit_image as ns_edit
-from models.nextstep.generate import text_to_image as ns_t2i
-from models.nextstep.head import sample_token
-from models.nextstep.model import NextStep, causal_mask
-from models.nextstep.vae import ImageTokenizer, from_uint8, to_uint8, token_layer_norm
-from models.orthus.head import CFG, make_scheduler
+from models.images import ImageBackend, ImageJob, ImageParts, NextStepBackend, OrthusBackend
+from models.images import load_backend as load_image_backend
+from models.nextstep.model import NextStep
+from models.nextstep.vae import ImageTokenizer, to_uint8
 from models.orthus.model import Orthus
-from models.orthus.prompt import build_prompt
-from models.orthus.vision import from_head_space
 
 CKPT = Path(__file__).resolve().parents[2] / "checkpoints"
 BACKENDS = ("orthus", "nextstep")
 SIZE = IMAGE_SIZE  # the shapes checkpoints' native resolution
 CONCURRENCY = 8
 RELATIVE_HELDOUT = 100  # of the ~125 held-out relative prompts
+ANSWER_TOKENS = 8
 
 Images = np.ndarray  # (B, H, W, 3) uint8
 
@@ -63,99 +61,79 @@ class Backend:
     next_token: Callable[[str, torch.Tensor, torch.Generator], torch.Tensor] | None = None
 
 
-def _decode(vae: ImageTokenizer, tokens: torch.Tensor) -> Images:
-    p = next(vae.parameters())
-    return to_uint8(vae.decode(tokens.to(p.device, p.dtype), (SIZE // 16, SIZE // 16))).cpu().numpy()
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    """The bench's settings per model; request i of a call with seed s is seeded s + i."""
+
+    steps: int
+    cfg_scale: float = 3.0  # T2I
+    text_scale: float = 3.0  # editing: instruction and image guidance
+    image_scale: float = 1.5
 
 
-def _encode(vae: ImageTokenizer, images: Images) -> torch.Tensor:
-    p = next(vae.parameters())
-    return vae.encode(from_uint8(torch.from_numpy(images)).to(p.device, p.dtype))
+SAMPLING = {"orthus": Sampling(steps=50), "nextstep": Sampling(steps=25)}
 
 
-def orthus_backend(model: Orthus, vae: ImageTokenizer, tok: Tokenizer, steps: int = 50, cfg_scale: float = 3.0,
-                   text_scale: float = 3.0, image_scale: float = 1.5) -> Backend:
-    cfg = model.config
-    n = (SIZE // 16) ** 2
+class _Codec:
+    """An in-memory `tokenizers.Tokenizer` as the image layer's TextCodec (TextTokenizer reads a directory)."""
 
-    def gens(k: int, seed: int) -> list[torch.Generator]:
-        return [torch.Generator().manual_seed(seed + i) for i in range(k)]
+    def __init__(self, tok: Tokenizer) -> None:
+        self.tok = tok
 
-    def t2i(captions: list[str], seed: int) -> Images:
-        prompts = [build_prompt(cfg, tok.encode(c).ids) for c in captions]
-        z = model.generate_image(prompts, build_prompt(cfg), cfg_scale, steps, gens(len(captions), seed), n)
-        return _decode(vae, z)
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False).ids
 
-    def edit(images: Images, instructions: list[str], seed: int) -> Images:
-        src = _encode(vae, images).to(model.device)
-        z = model.edit_image(list(src), [tok.encode(s).ids for s in instructions], text_scale, image_scale, steps,
-                             gens(len(instructions), seed), n)
-        return _decode(vae, z)
-
-    def answer(images: Images, questions: list[str]) -> list[str]:
-        src = _encode(vae, images).to(model.device)
-        prompts = [build_prompt(cfg, z, tok.encode(q).ids) for z, q in zip(src, questions, strict=True)]
-        return [tok.decode(ids) for ids in model.understand(prompts, max_new_tokens=8)]
-
-    def next_token(caption: str, context: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        last = []
-        for p in (build_prompt(cfg, tok.encode(caption).ids), build_prompt(cfg)):  # cond, uncond
-            ids = [*p.ids, cfg.boi_token_id, *[cfg.image_token_id] * len(context)]
-            h, _ = model(torch.tensor([ids], device=model.device), [context.to(model.device)] if len(context) else None)
-            last.append(h[0, -1])
-        x = model.head.sample(torch.stack(last), make_scheduler("ddim"), steps, gen, CFG(cfg_scale))
-        return from_head_space(x, cfg.latent_scale)[0]
-
-    return Backend("orthus", t2i, edit, answer, vae, next_token)
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=True)
 
 
-def nextstep_backend(model: NextStep, vae: ImageTokenizer, tok: Tokenizer, steps: int = 25, cfg_scale: float = 3.0,
-                     cfg_img_scale: float = 1.5) -> Backend:
-    def encode(text: str) -> list[int]:
-        return tok.encode(text).ids
+def bench_backend(be: ImageBackend, s: Sampling) -> Backend:
+    """The bench's three calls on an image-layer backend, i.e. exactly what the image worker serves."""
 
-    # The tiny models were trained with an empty negative prompt (training/images/nextstep.py).
-    t2i_gen = GenerationConfig(cfg_scale=cfg_scale, steps=steps, negative_prompt="")
-    edit_gen = GenerationConfig(cfg_scale=cfg_scale, cfg_img_scale=cfg_img_scale, steps=steps, negative_prompt="")
+    def jobs(kind: str, texts: list[str], seed: int, sources: Images | None = None) -> list[ImageJob]:
+        edit = kind == "edit"
+        return [ImageJob(kind, t, s.steps, s.text_scale if edit else s.cfg_scale, s.image_scale if edit else 0.0,
+                         seed + i, SIZE, SIZE, False, None if sources is None else sources[i])
+                for i, t in enumerate(texts)]
 
     def t2i(captions: list[str], seed: int) -> Images:
-        gen = torch.Generator().manual_seed(seed)
-        return to_uint8(ns_t2i(model, vae, encode, captions, SIZE, SIZE, t2i_gen, gen)).cpu().numpy()
+        return to_uint8(be.generate(jobs("t2i", captions, seed), None)).cpu().numpy()
 
     def edit(images: Images, instructions: list[str], seed: int) -> Images:
-        p = next(vae.parameters())
-        src = from_uint8(torch.from_numpy(images)).to(p.device, p.dtype)
-        gen = torch.Generator().manual_seed(seed)
-        return to_uint8(ns_edit(model, vae, encode, src, instructions, edit_gen, gen)).cpu().numpy()
+        return to_uint8(be.generate(jobs("edit", instructions, seed, images), None)).cpu().numpy()
 
     def next_token(caption: str, context: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        c, grid = model.config, (SIZE // 16, SIZE // 16)
-        rows = [r + [c.image_placeholder_id] * len(context) for r in t2i_rows(model, encode, [caption], grid, t2i_gen)]
-        ids, valid = left_pad(rows, c.pad_id)
-        feats = context.repeat(len(rows), 1) if len(context) else None
-        dev = model.backbone.embed.weight.device
-        h = model(ids.to(dev), None if feats is None else feats.to(dev), mask=causal_mask(valid.to(dev)))[:, -1]
-        tok = sample_token(model.image_head, model.condition(h), 1, cfg_scale=t2i_gen.cfg_scale,
-                           steps=t2i_gen.steps, shift=t2i_gen.shift, generator=gen, token_dim=c.token_dim)
-        return token_layer_norm(tok)[0]
+        return be.next_token(caption, context, gen, s.steps, s.cfg_scale)
 
-    return Backend("nextstep", t2i, edit, None, vae, next_token)
+    answer = functools.partial(_answer, be) if isinstance(be, OrthusBackend) else None
+    return Backend(be.name, t2i, edit, answer, be.parts.vae, next_token)
+
+
+def _answer(be: OrthusBackend, images: Images, questions: list[str]) -> list[str]:
+    ids = be.understand(be.question_prompts(images, questions), ANSWER_TOKENS)
+    return [be.parts.tokenizer.decode(a) for a in ids]
+
+
+def orthus_backend(model: Orthus, vae: ImageTokenizer, tok: Tokenizer, steps: int = SAMPLING["orthus"].steps,
+                   cfg_scale: float = 3.0, text_scale: float = 3.0, image_scale: float = 1.5) -> Backend:
+    parts = ImageParts(vae, _Codec(tok), SIZE)
+    return bench_backend(OrthusBackend(model, parts), Sampling(steps, cfg_scale, text_scale, image_scale))
+
+
+def nextstep_backend(model: NextStep, vae: ImageTokenizer, tok: Tokenizer, steps: int = SAMPLING["nextstep"].steps,
+                     cfg_scale: float = 3.0, cfg_img_scale: float = 1.5) -> Backend:
+    parts = ImageParts(vae, _Codec(tok), SIZE)
+    return bench_backend(NextStepBackend(model, parts), Sampling(steps, cfg_scale, cfg_scale, cfg_img_scale))
 
 
 def load_backend(name: str, checkpoints: Path, device: str = "cpu") -> Backend:
-    from models.nextstep.checkpoint import load_nextstep
-    from models.orthus.checkpoint import load_orthus
-
     d = checkpoints / f"shapes-{name}"
+    if name not in SAMPLING:
+        raise ValueError(f"unknown backend {name!r}; expected one of {BACKENDS}")
     if not d.is_dir():
         raise FileNotFoundError(f"{d} not found: train it with `python -m lab.training.images --only {name}`")
-    vae = ImageTokenizer.from_pretrained(d / "vae").to(device)
-    tok = Tokenizer.from_file(str(d / "tokenizer.json"))
-    if name == "orthus":
-        return orthus_backend(load_orthus(d, device=device), vae, tok)
-    if name == "nextstep":
-        return nextstep_backend(load_nextstep(d, device=device), vae, tok)
-    raise ValueError(f"unknown backend {name!r}; expected one of {BACKENDS}")
+    be, _ = load_image_backend(name, d, SIZE, device)
+    return bench_backend(be, SAMPLING[name])
 
 
 @dataclass(slots=True)

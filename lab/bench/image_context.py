@@ -16,10 +16,22 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lab.bench.image import SIZE, Backend, _decode, _encode
+from lab.bench.image import SIZE, Backend, Images
 from lab.worlds import shapes, shapes_score
+from models.nextstep.vae import ImageTokenizer, from_uint8, to_uint8
 
 CONTEXTS = ("teacher_forced", "no_leak", "free_running")
+
+
+def _decode(vae: ImageTokenizer, tokens: torch.Tensor) -> Images:
+    p = next(vae.parameters())
+    return to_uint8(vae.decode(tokens.to(p.device, p.dtype), (SIZE // 16, SIZE // 16))).cpu().numpy()
+
+
+def _encode(vae: ImageTokenizer, images: Images) -> torch.Tensor:
+    """The contexts in one VAE batch (the serving layer encodes one at a time; here only the probe reads them)."""
+    p = next(vae.parameters())
+    return vae.encode(from_uint8(torch.from_numpy(images)).to(p.device, p.dtype))
 
 
 def blank_from(image: np.ndarray, k: int) -> np.ndarray:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lab.bench.image import SIZE, Backend, _encode
-from lab.bench.image_context import _cellwise, blank_from
+from lab.bench.image import SIZE, Backend
+from lab.bench.image_context import _cellwise, _encode, blank_from
 from lab.training.images import vae as tv
 from lab.worlds import shapes
 

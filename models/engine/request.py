@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from models.decoders import Decoder, FinishReason
-from models.sampling import SamplingParams
+from models.sampling import SamplingParams, request_seed
 
 RequestState = Literal["running", "finished", "cancelled", "failed"]
 
 
 class DecodeCancelled(Exception):
     """Raised inside a decode, by the model's forward pre-hook, once its request is cancelled."""
-
-
-def request_seed(request_id: str) -> int:
-    """A seed fixed by the request id, so a retried request (no seed given) replays the same samples.
-
-    The same function as the workers' job_seed: a retry that lands on a replica of another version
-    during a rollout still repeats the first attempt's samples.
-    """
-    return int.from_bytes(hashlib.blake2b(request_id.encode(), digest_size=8).digest(), "big") >> 1
 
 
 @dataclass(slots=True)

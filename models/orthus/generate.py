@@ -14,19 +14,36 @@ appended directly, which is the only token that processor lets start an image.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
+from torch import nn
 
-from models.orthus.backbone import causal_mask
-from models.orthus.head import Generators, Guidance, make_scheduler
+from models.orthus.backbone import ChameleonBackbone, causal_mask
+from models.orthus.config import OrthusConfig
+from models.orthus.head import DiffusionHead, Generators, Guidance, make_scheduler
 from models.orthus.prompt import Prompt
-from models.orthus.vision import from_head_space
+from models.orthus.vision import SoftVQEmbedding, from_head_space
 
 if TYPE_CHECKING:
     from diffusers import DDIMScheduler, DDPMScheduler
 
-    from models.orthus.model import Orthus
+
+class Network(Protocol):
+    """What the loops run of `models.orthus.model.Orthus`, which calls them: typing them against this
+    instead of the class keeps the imports one-way (model -> generate)."""
+
+    config: OrthusConfig
+    backbone: ChameleonBackbone
+    head: DiffusionHead
+    vision: SoftVQEmbedding
+    lm_head: nn.Linear
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def embed_prompt(self, ids: torch.Tensor, latents: Sequence[torch.Tensor | None] | None = None) -> torch.Tensor:
+        ...
 
 
 # Serving hooks, called between decoding steps (they never change results; raising stops decoding):
@@ -37,7 +54,8 @@ TokenHook = Callable[[list[int | None]], None]  # newest token per row, None onc
 class Rows:
     """R prompt rows decoded together: one left-padded prefill, then one position per step."""
 
-    def __init__(self, model: Orthus, prompts: Sequence[Prompt], extra_capacity: int, width: int | None = None) -> None:
+    def __init__(self, model: Network, prompts: Sequence[Prompt], extra_capacity: int,
+                 width: int | None = None) -> None:
         """width: pad every row to this many tokens (default: the longest row).
 
         Positions already count each row's own tokens only, but SDPA still reduces over the padded key
@@ -78,7 +96,7 @@ class Rows:
 
 
 @torch.no_grad()
-def image_loop(model: Orthus, rows: Sequence[Prompt], guidance: Guidance | None, steps: int,
+def image_loop(model: Network, rows: Sequence[Prompt], guidance: Guidance | None, steps: int,
                generator: Generators = None, num_patches: int | None = None,
                scheduler: DDIMScheduler | DDPMScheduler | None = None,
                on_patch: PatchHook | None = None, pad_to: int | None = None) -> torch.Tensor:
@@ -109,7 +127,7 @@ def image_loop(model: Orthus, rows: Sequence[Prompt], guidance: Guidance | None,
     return torch.stack(out, dim=1)
 
 
-def patch_embeddings(model: Orthus, z: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+def patch_embeddings(model: Network, z: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """Soft-VQ embeddings [B, D] of the newest patches z [B, C], one request at a time.
 
     The soft-VQ distances and mix are float32 matmuls over the codebook, and CPU BLAS picks its kernel
@@ -121,7 +139,7 @@ def patch_embeddings(model: Orthus, z: torch.Tensor, table: torch.Tensor) -> tor
     return torch.cat([model.vision(z[i:i + 1], table) for i in range(z.shape[0])])
 
 
-def banned_text_tokens(model: Orthus) -> torch.Tensor:
+def banned_text_tokens(model: Network) -> torch.Tensor:
     """Ids the "text-only" mode suppresses: image-token rows, BOI, EOI and the placeholder (brief §1.3)."""
     cfg = model.config
     rows = torch.arange(cfg.image_token_offset, cfg.image_token_offset + cfg.codebook_size)
@@ -130,7 +148,7 @@ def banned_text_tokens(model: Orthus) -> torch.Tensor:
 
 
 @torch.no_grad()
-def text_loop(model: Orthus, prompts: Sequence[Prompt], max_new_tokens: int,
+def text_loop(model: Network, prompts: Sequence[Prompt], max_new_tokens: int,
               on_token: TokenHook | None = None) -> list[list[int]]:
     """Greedy text continuation of each prompt; stops at sep or EOS (not included in the result).
 

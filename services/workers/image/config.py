@@ -27,7 +27,7 @@ class ImageModelConfig(ModelSection):
     image_guidance_scale: float = 1.5  # image CFG (editing)
     preview_size: int = 16  # side of the low-resolution previews
     # Prompt rows are left-padded to a multiple of this many tokens, and only requests of one multiple
-    # share a batch, so an image does not depend on its batch mates (backends.py). Larger: fewer
+    # share a batch, so an image does not depend on its batch mates (models/images). Larger: fewer
     # batches split by prompt length, more pad tokens per row; 1: only equal lengths batch together.
     pad_bucket: int = 32
 

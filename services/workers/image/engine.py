@@ -16,12 +16,12 @@ from dataclasses import dataclass
 
 import torch
 
+from models.images import ImageBackend, ImageJob, ImageParts, load_backend, native_resolution
 from models.nextstep.vae import to_uint8
+from models.sampling import request_seed
 from services.common.images import ImageError, decode_rgb, encode_png, resize_nearest, shrink
-from services.workers.base import job_seed
 from services.workers.batching import Batch, Done, MicroBatcher
-from services.workers.image.backends import ImageBackend, ImageJob, Loaded, load_backend, native_resolution
-from services.workers.image.config import ImageWorkerConfig
+from services.workers.image.config import ImageArgs
 from services.workers.protocol import InvalidRequestError
 from tessera.worker.v1.worker_pb2 import (
     EditImageRequest,
@@ -44,10 +44,10 @@ class Rendered:
 
 
 class ImageEngine:
-    def __init__(self, cfg: ImageWorkerConfig) -> None:
+    def __init__(self, cfg: ImageArgs) -> None:
         self.cfg = cfg
         self.backend: ImageBackend | None = None
-        self.parts: Loaded | None = None
+        self.parts: ImageParts | None = None
         self.batcher: MicroBatcher[ImageJob, Rendered] = MicroBatcher(
             self._run_batch, cfg.batching, key=lambda j: j.batch_key, name="image")
 
@@ -68,8 +68,7 @@ class ImageEngine:
     @property
     def patches_total(self) -> int:
         assert self.parts is not None, "start() first"
-        gh, gw = self.parts.grid
-        return gh * gw
+        return self.parts.num_patches
 
     async def check_health(self) -> None:
         if self.backend is None:
@@ -105,7 +104,7 @@ class ImageEngine:
                 source = decode_rgb(image, self.resolution)
             except ImageError as e:
                 raise InvalidRequestError(f"image {e}") from e
-        seed = s.seed if s.HasField("seed") else job_seed(job_id or text)
+        seed = s.seed if s.HasField("seed") else request_seed(job_id or text)
         return ImageJob(kind, text, s.steps or m.steps, round(s.guidance_scale or m.guidance_scale, 4),
                         round(s.image_guidance_scale or m.image_guidance_scale, 4) if kind == "edit" else 0.0,
                         seed, s.width or self.resolution, s.height or self.resolution, s.preview, source)
@@ -113,7 +112,7 @@ class ImageEngine:
     async def _stream(self, job: ImageJob) -> AsyncIterator[ImageStep | ImageOutput]:
         assert self.backend is not None, "start() first"
         # Part of the batch key, worked out once: only requests of one padded length share a model
-        # call, which keeps an image independent of its batch mates (backends.py).
+        # call, which keeps an image independent of its batch mates (models/images).
         job.pad_to = self.backend.padded_length(job)
         async for ev in self.batcher.submit(job):
             if isinstance(ev, Done):
@@ -147,7 +146,7 @@ class ImageEngine:
             previews: list[bytes] = [b""] * len(jobs)
             if any(want):
                 done_tokens.append(newest.detach().float().cpu())
-                previews = self._previews(done_tokens, want, total)
+                previews = self._previews(done_tokens, want)
             for i in range(len(jobs)):
                 batch.progress(i, ImageStep(patches_done=done, patches_total=total, preview_png=previews[i]))
 
@@ -159,14 +158,11 @@ class ImageEngine:
             out.append(Rendered(encode_png(resize_nearest(img, j.width, j.height)), j.width, j.height))
         return out
 
-    def _previews(self, done_tokens: list[torch.Tensor], want: list[bool], total: int) -> list[bytes]:
-        """Low-resolution PNGs of the patches so far (the rest at the token mean, zero: flat grey)."""
+    def _previews(self, done_tokens: list[torch.Tensor], want: list[bool]) -> list[bytes]:
+        """Low-resolution PNGs of the patches so far (`ImageParts.decode_partial`) for the rows that want one."""
         assert self.parts is not None
-        sofar = torch.stack(done_tokens, dim=1)  # [B, done, C]
         rows = [i for i, w in enumerate(want) if w]
-        tokens = torch.zeros(len(rows), total, sofar.shape[-1])
-        tokens[:, :sofar.shape[1]] = sofar[rows]
-        pixels = self.parts.decode_tokens(tokens)
+        pixels = self.parts.decode_partial(torch.stack(done_tokens, dim=1)[rows])  # [B, done, C] -> wanted rows
         side = self.cfg.model.preview_size
         out = [b""] * len(want)
         for k, i in enumerate(rows):

@@ -16,15 +16,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from models.orthus.checkpoint import load_orthus
-from models.orthus.model import Orthus
-from models.orthus.prompt import build_prompt
+from models.images import OrthusBackend, native_resolution
 from models.tokenizer import StreamDetokenizer
 from services.common.images import ImageError, decode_rgb
 from services.workers.batching import Batch, Done, MicroBatcher
-from services.workers.image.backends import Loaded, load_parts, native_resolution
 from services.workers.protocol import InvalidRequestError
-from services.workers.understanding.config import UnderstandingWorkerConfig
+from services.workers.understanding.config import UnderstandingArgs
 from tessera.worker.v1.worker_pb2 import UnderstandRequest, UnderstandResponse
 
 
@@ -53,10 +50,9 @@ class _AllDone(Exception):
 
 
 class UnderstandingEngine:
-    def __init__(self, cfg: UnderstandingWorkerConfig) -> None:
+    def __init__(self, cfg: UnderstandingArgs) -> None:
         self.cfg = cfg
-        self.model: Orthus | None = None
-        self.parts: Loaded | None = None
+        self.backend: OrthusBackend | None = None
         self.batcher: MicroBatcher[Question, Answer] = MicroBatcher(self._run_batch, cfg.batching,
                                                                     name="understand")
 
@@ -66,9 +62,8 @@ class UnderstandingEngine:
             raise FileNotFoundError(f"model dir {m.path} does not exist (is the checkpoint trained yet?)")
         if m.torch_threads:
             torch.set_num_threads(m.torch_threads)
-        dtype = getattr(torch, m.dtype)
-        self.parts = await asyncio.to_thread(load_parts, m.path, m.resolution, m.device, dtype)
-        self.model = await asyncio.to_thread(lambda: load_orthus(m.path, dtype=dtype, device=m.device).eval())
+        self.backend = await asyncio.to_thread(OrthusBackend.load, m.path, m.resolution, m.device,
+                                               getattr(torch, m.dtype))
 
     @functools.cached_property
     def resolution(self) -> int:
@@ -76,12 +71,12 @@ class UnderstandingEngine:
         return self.cfg.model.resolution or native_resolution(self.cfg.model.path)
 
     async def check_health(self) -> None:
-        if self.model is None:
+        if self.backend is None:
             raise RuntimeError("understanding engine is not started")
 
     async def shutdown(self) -> None:
         await self.batcher.close()
-        self.model = None
+        self.backend = None
 
     def plan(self, req: UnderstandRequest) -> Question:
         m = self.cfg.model
@@ -103,12 +98,15 @@ class UnderstandingEngine:
 
     async def understand(self, req: UnderstandRequest) -> AsyncIterator[UnderstandResponse]:
         q = self.plan(req)
-        assert self.parts is not None
-        detok = StreamDetokenizer(self.parts.tokenizer)
+        assert self.backend is not None
+        detok = StreamDetokenizer(self.backend.parts.tokenizer)
         seen = 0
         async for ev in self.batcher.submit(q):
             if isinstance(ev, Done):
                 a: Answer = ev.result
+                tail = detok.flush()  # a character cut by the token limit renders as a full decode renders it
+                if tail and seen > req.skip_tokens:
+                    yield UnderstandResponse(text=tail)
                 yield UnderstandResponse(finished=True, finish_reason=a.finish_reason, forward_passes=a.steps,
                                          prompt_tokens=a.prompt_tokens, model=self.cfg.model.name)
                 return
@@ -120,10 +118,9 @@ class UnderstandingEngine:
     # ---- the model thread -----------------------------------------------------------------------
 
     def _run_batch(self, batch: Batch[Question]) -> Sequence[Answer]:
-        assert self.model is not None and self.parts is not None
-        qs, cfg, enc = batch.requests, self.model.config, self.parts.tokenizer.encode
-        feats = self.parts.encode_images(np.stack([q.image for q in qs])).to(self.model.device)
-        prompts = [build_prompt(cfg, z, enc(q.text)) for z, q in zip(feats, qs, strict=True)]
+        assert self.backend is not None
+        qs = batch.requests
+        prompts = self.backend.question_prompts(np.stack([q.image for q in qs]), [q.text for q in qs])
         counts, reasons, steps = [0] * len(qs), [""] * len(qs), [0] * len(qs)
         step = 0
 
@@ -147,7 +144,7 @@ class UnderstandingEngine:
 
         try:
             with torch.no_grad():
-                self.model.understand(prompts, max(q.max_tokens for q in qs), on_token)
+                self.backend.understand(prompts, max(q.max_tokens for q in qs), on_token)
         except _AllDone:
             pass
         return [Answer(r or "length", n, len(p.ids)) for r, n, p in zip(reasons, steps, prompts, strict=True)]

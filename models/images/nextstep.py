@@ -1,0 +1,75 @@
+"""NextStep behind the image layer: text-to-image and editing (`ImageBackend`); it has no understanding path."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.images.base import ImageJob, PatchHook, generators, round_up
+from models.images.parts import ImageParts, load_parts
+from models.nextstep.checkpoint import load_nextstep
+from models.nextstep.generate import GenerationConfig, edit_image_tokens, edit_rows, left_pad, t2i_rows
+from models.nextstep.generate import text_to_image_tokens as t2i_tokens
+from models.nextstep.head import sample_token
+from models.nextstep.model import NextStep, causal_mask
+from models.nextstep.vae import token_layer_norm
+
+
+def generation_config(guidance_scale: float, image_guidance_scale: float, steps: int) -> GenerationConfig:
+    # The tiny models were trained with an empty negative prompt (lab/training/images/nextstep.py).
+    return GenerationConfig(cfg_scale=guidance_scale, cfg_img_scale=image_guidance_scale or 1.0, steps=steps,
+                            negative_prompt="")
+
+
+class NextStepBackend:
+    name = "nextstep"
+
+    def __init__(self, model: NextStep, parts: ImageParts, pad_bucket: int = 32) -> None:
+        self.model, self.parts, self.pad_bucket = model, parts, pad_bucket
+
+    @classmethod
+    def load(cls, model_dir: Path, resolution: int = 0, device: str = "cpu", dtype: torch.dtype = torch.float32,
+             pad_bucket: int = 32) -> NextStepBackend:
+        parts = load_parts(model_dir, resolution, device, dtype)
+        return cls(load_nextstep(model_dir, dtype=dtype, device=device), parts, pad_bucket)
+
+    @staticmethod
+    def _gen(job: ImageJob) -> GenerationConfig:
+        return generation_config(job.guidance_scale, job.image_guidance_scale, job.steps)
+
+    def padded_length(self, job: ImageJob) -> int:
+        m, enc, grid, gen = self.model, self.parts.tokenizer.encode, self.parts.grid, self._gen(job)
+        rows = (t2i_rows(m, enc, [job.text], grid, gen) if job.kind == "t2i"
+                else edit_rows(m, enc, [job.text], grid, grid, gen))
+        return round_up(max(len(r) for r in rows), self.pad_bucket)
+
+    @torch.no_grad()
+    def generate(self, jobs: Sequence[ImageJob], hook: PatchHook | None) -> torch.Tensor:
+        j0, enc, grid, gen = jobs[0], self.parts.tokenizer.encode, self.parts.grid, self._gen(jobs[0])
+        pad_to = max(j.pad_to or self.padded_length(j) for j in jobs)  # one value under the batch key
+        texts = [j.text for j in jobs]
+        if j0.kind == "t2i":
+            tokens = t2i_tokens(self.model, enc, texts, grid, gen, generators(jobs), hook, pad_to)
+        else:
+            src = self.parts.encode_images(np.stack([j.source for j in jobs]))  # type: ignore[misc]
+            tokens = edit_image_tokens(self.model, enc, src, texts, grid, grid, gen, generators(jobs), hook, pad_to)
+        return self.parts.decode(tokens)
+
+    @torch.no_grad()
+    def next_token(self, text: str, context: torch.Tensor, generator: torch.Generator, steps: int,
+                   guidance_scale: float) -> torch.Tensor:
+        """Token k [C] after the caption and tokens [k, C] (`ImageBackend.next_token`); cond and uncond
+        rows padded to the longer, without the KV cache."""
+        m, c, gen = self.model, self.model.config, generation_config(guidance_scale, 0.0, steps)
+        rows = [r + [c.image_placeholder_id] * len(context)
+                for r in t2i_rows(m, self.parts.tokenizer.encode, [text], self.parts.grid, gen)]
+        ids, valid = left_pad(rows, c.pad_id)
+        feats = context.repeat(len(rows), 1) if len(context) else None
+        dev = m.backbone.embed.weight.device
+        h = m(ids.to(dev), None if feats is None else feats.to(dev), mask=causal_mask(valid.to(dev)))[:, -1]
+        tok = sample_token(m.image_head, m.condition(h), 1, cfg_scale=gen.cfg_scale, steps=gen.steps,
+                           shift=gen.shift, generator=generator, token_dim=c.token_dim)
+        return token_layer_norm(tok)[0]
