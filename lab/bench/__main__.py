@@ -17,6 +17,8 @@ def main() -> None:
     t = sub.add_parser("text", help="vanilla / Fast-dLLM / D2F / AR decoding on held-out arith problems")
     t.add_argument("--problems", type=int, default=100)
     t.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    t.add_argument("--seed", type=int, default=0,
+                   help="held-out draw; 0 = the set the recipe was tuned on, N > 0 = fresh problems (none of it)")
     t.add_argument("--sweep", action="store_true", help="threshold sweep; saves a throughput-vs-score plot")
     t.add_argument("--plot", type=Path, default=Path("bench-results/text_sweep.png"))
     t.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for tiny models)")

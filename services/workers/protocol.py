@@ -9,7 +9,6 @@ family serves is one engine method taking the request proto, an async generator 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
@@ -21,11 +20,6 @@ CALL_ID_METADATA = "tessera-call-id"
 def call_id_of(metadata: Sequence[tuple[str, str]] | None) -> str:
     """The call id a call was sent with ("" without one)."""
     return next((v for k, v in metadata or () if k == CALL_ID_METADATA), "")
-
-
-def job_seed(job_id: str) -> int:
-    """A seed fixed by the job id, so a retried job (no seed given) replays the same samples."""
-    return int.from_bytes(hashlib.blake2b(job_id.encode(), digest_size=8).digest(), "big") >> 1
 
 
 class InvalidRequestError(ValueError):
