@@ -23,6 +23,7 @@ from services.common.images import ImageError, decode_rgb, encode_png, resize_ne
 from services.workers.batching import Batch, Done, MicroBatcher
 from services.workers.image.config import ImageArgs
 from services.workers.protocol import InvalidRequestError
+from services.workers.runtime import check_model_name, prepare_replica
 from tessera.worker.v1.worker_pb2 import (
     EditImageRequest,
     EditImageResponse,
@@ -53,10 +54,7 @@ class ImageEngine:
 
     async def start(self) -> None:
         m = self.cfg.model
-        if not m.path.exists():
-            raise FileNotFoundError(f"model dir {m.path} does not exist (is the checkpoint trained yet?)")
-        if m.torch_threads:
-            torch.set_num_threads(m.torch_threads)
+        prepare_replica(m)
         self.backend, self.parts = await asyncio.to_thread(
             load_backend, m.backend, m.path, m.resolution, m.device, getattr(torch, m.dtype), m.pad_bucket)
 
@@ -84,8 +82,7 @@ class ImageEngine:
              image: bytes = b"") -> ImageJob:
         """Validate a request and resolve its defaults; raises InvalidRequestError."""
         m = self.cfg.model
-        if model and model != m.name:
-            raise InvalidRequestError(f"unknown model {model!r}; this worker serves {m.name!r}")
+        check_model_name(model, m)
         if not text.strip():
             raise InvalidRequestError("prompt is empty" if kind == "t2i" else "instruction is empty")
         if not 0 <= s.steps <= m.max_steps:

@@ -17,6 +17,7 @@ import torch
 from models.engine import Plan, TextEngine, TextRequest
 from models.sampling import SamplingParams
 from services.workers.protocol import InvalidRequestError
+from services.workers.runtime import check_model_name, prepare_replica
 from services.workers.text.config import D2F_KNOBS, TextModelConfig
 from tessera.worker.v1.worker_pb2 import (
     DescribeTextRequest,
@@ -37,10 +38,7 @@ class LocalTextEngine:
         self._defaults = cfg.decoder.options_for(cfg.method)
 
     async def start(self) -> None:
-        if not self.cfg.path.exists():
-            raise FileNotFoundError(f"model dir {self.cfg.path} does not exist (is the checkpoint trained yet?)")
-        if self.cfg.torch_threads:
-            torch.set_num_threads(self.cfg.torch_threads)
+        prepare_replica(self.cfg)
         self.engine = await asyncio.to_thread(
             TextEngine, self.cfg.path, self.cfg.method, self._defaults, dtype=getattr(torch, self.cfg.dtype),
             device=self.cfg.device, max_concurrency=self.max_concurrency)
@@ -76,8 +74,7 @@ class LocalTextEngine:
         """Validate a request and resolve its defaults; raises InvalidRequestError."""
         assert self.engine is not None, "start() first"
         cfg = self.cfg
-        if req.model and req.model != cfg.name:
-            raise InvalidRequestError(f"unknown model {req.model!r}; this worker serves {cfg.name!r}")
+        check_model_name(req.model, cfg)
         if not req.prompt.strip():
             raise InvalidRequestError("prompt is empty")
         if req.max_tokens < 0 or req.max_tokens > cfg.max_tokens_limit:

@@ -21,6 +21,7 @@ from models.tokenizer import StreamDetokenizer
 from services.common.images import ImageError, decode_rgb
 from services.workers.batching import Batch, Done, MicroBatcher
 from services.workers.protocol import InvalidRequestError
+from services.workers.runtime import check_model_name, prepare_replica
 from services.workers.understanding.config import UnderstandingArgs
 from tessera.worker.v1.worker_pb2 import UnderstandRequest, UnderstandResponse
 
@@ -58,10 +59,7 @@ class UnderstandingEngine:
 
     async def start(self) -> None:
         m = self.cfg.model
-        if not m.path.exists():
-            raise FileNotFoundError(f"model dir {m.path} does not exist (is the checkpoint trained yet?)")
-        if m.torch_threads:
-            torch.set_num_threads(m.torch_threads)
+        prepare_replica(m)
         self.backend = await asyncio.to_thread(OrthusBackend.load, m.path, m.resolution, m.device,
                                                getattr(torch, m.dtype))
 
@@ -80,8 +78,7 @@ class UnderstandingEngine:
 
     def plan(self, req: UnderstandRequest) -> Question:
         m = self.cfg.model
-        if req.model and req.model != m.name:
-            raise InvalidRequestError(f"unknown model {req.model!r}; this worker serves {m.name!r}")
+        check_model_name(req.model, m)
         if not req.question.strip():
             raise InvalidRequestError("question is empty")
         if not 0 <= req.max_tokens <= m.max_tokens_limit:
