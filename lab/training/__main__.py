@@ -14,7 +14,7 @@ the states a semi-autoregressive sampler visits), half uniform LLaDA masks (whic
 from the question trained), numbers masked together (`tie_masks`), then a refine phase of the same
 objective at a third of the rate. Held-out exact answers went from 0.77 (vanilla) / 0.69 (D2F) with
 the random-init LLaDA-layout teacher (`--teacher-layout llada`) to 0.87 / 0.89 with the AR-initialised
-teacher and to 0.94 / 0.96 with the refine phase (README has the table).
+teacher and to 0.94 / 0.96 with the refine phase (docs/history.md has the table).
 
 `--teacher-init DIR` resumes the teacher from a checkpoint, running only the phases given steps:
 the committed checkpoints are this recipe run in two sittings, the second being

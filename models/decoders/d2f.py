@@ -1,4 +1,4 @@
-"""D2F pipelined parallel decoding (paper Alg. 2; reference §3.6 of docs/d2f.md).
+"""D2F pipelined parallel decoding (paper Alg. 2; reference notes ../shared/reference/d2f.md §3.6).
 
 Several blocks are in flight at once. The prompt is block 0, already complete. A new all-MASK
 block is appended when the last block is at least tau_add decoded (until EOS or max_tokens);
@@ -9,9 +9,9 @@ masks are all filled, with every earlier block done, is re-encoded once more wit
 tokens and its K/V is written to the cache (TO_CACHE -> IN_CACHE); blocks retire in order.
 
 Every forward uses the block-causal mask the student was trained with, so the cached prefix is
-exact (unlike the reference engine's unmasked decode path, docs/d2f.md §1.3). For shifted
+exact (unlike the reference engine's unmasked decode path, d2f.md §1.3). For shifted
 (Dream) models the logits of the last cached position are carried into the next window (fixing
-the engine bug of docs/d2f.md §4.6.2).
+the engine bug of d2f.md §4.6.2).
 """
 
 from __future__ import annotations
