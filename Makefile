@@ -1,17 +1,18 @@
 # Tessera developer commands. `make run` and `make test` bootstrap a fresh machine by themselves.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml sdk/pyproject.toml requirements.lock | cksum | cut -d' ' -f1)
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml sdk/pyproject.toml requirements.lock scripts/k8s_tools.sh | cksum | cut -d' ' -f1)
 ARGS   ?=
 DEMO_Q ?= Mia has 12 shells. She finds 7 more. She gives 3. She buys 5 more. She loses 4. How many shells does Mia have now?
 
-.PHONY: setup test lint bench sweep run demo train protos clean
+.PHONY: setup test lint bench sweep run demo train protos crd-schemas clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml sdk/pyproject.toml requirements.lock
+$(STAMP): pyproject.toml sdk/pyproject.toml requirements.lock scripts/k8s_tools.sh
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q -c requirements.lock -e '.[dev]' -e ./sdk
+	VENV=$(VENV) bash scripts/k8s_tools.sh  # helm, kubectl into $(VENV)/bin (tarball cached in $(VENV)/tools)
 	@rm -f $(VENV)/.installed-* && touch $@
 
 test: setup
@@ -35,6 +36,10 @@ demo: setup
 
 protos: setup
 	$(PY) scripts/gen_protos.py
+
+# tests/k8s/schemas from the upstream CRDs (../shared/k8s-crds; CRDS=dir to point elsewhere)
+crd-schemas: setup
+	$(PY) scripts/crd_schemas.py $(if $(CRDS),--crds $(CRDS))
 
 train: setup
 	$(PY) -m lab.training
