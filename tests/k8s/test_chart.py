@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import os
+import re
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,7 +49,11 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "image": {"nodeSelector": {"pool": "h100"}, "tolerations": [{"key": "gpu", "operator": "Equal",
                                                                      "value": "h100", "effect": "NoSchedule"}]}}}},
     "external-redis": {"redis": {"embedded": {"enabled": False}, "external": {"urlSecret": "tessera-redis-url"}}},
-    "autoscaling-off": {"workers": {"enableInTreeAutoscaling": False}, "gateway": {"pdb": {"enabled": False}}},
+    "autoscaling-off": {"workers": {"enableInTreeAutoscaling": False},
+                        "gateway": {"pdb": {"enabled": False}, "autoscaling": {"enabled": False}},
+                        "dispatcher": {"autoscaling": {"enabled": False}}},
+    "monitoring-off": {"monitoring": {k: {"enabled": False} for k in ("serviceMonitor", "podMonitor", "rules",
+                                                                      "dashboard")}},
     "cpu-text-only": CPU_TEXT_ONLY,
     "keys-and-pull-secrets": {"image": {"pullSecrets": ["regcred"]}, "gateway": {"apiKeys": {"keys": [
         {"id": "team-a", "sha256": "0" * 64, "rate_per_s": 5, "burst": 10}]}, "service": {"headless": False}}},
@@ -95,6 +102,49 @@ def test_every_rendered_object_is_valid(name: str, tmp_path: Path) -> None:
         check = validate_custom if d["apiVersion"].startswith(CUSTOM_GROUPS) else validate_builtin
         errors += [f"{where}: {e}" for e in check(d)]
     assert not errors, "\n".join(errors)
+
+
+def test_install_dry_run_with_the_defaults_prints_how_to_reach_the_gateway(tmp_path: Path) -> None:
+    out = helm("install", "tessera", "--dry-run=client", "--namespace", "tessera", values={}, tmp=tmp_path)
+    assert out.returncode == 0, out.stderr
+    notes = out.stdout.split("NOTES:", 1)[1]
+    assert "kubectl port-forward -n tessera svc/tessera-gateway 50051:50051" in notes
+    assert "No API keys are configured" in notes  # the defaults hold no key: say how to add one
+
+
+def test_values_schema_is_the_scripts_output() -> None:
+    out = subprocess.run([sys.executable, str(REPO_ROOT / "scripts/chart_values_schema.py"), "--check"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+
+
+def test_autoscalers_own_the_replicas_they_scale(tmp_path: Path) -> None:
+    on = render({}, tmp_path)
+    assert "replicas" not in one(on, "Deployment", "t-tessera-gateway")["spec"]
+    assert "replicas" not in one(on, "Deployment", "t-tessera-dispatcher")["spec"]
+    hpa = one(on, "HorizontalPodAutoscaler", "t-tessera-gateway")["spec"]
+    assert hpa["scaleTargetRef"]["name"] == "t-tessera-gateway" and (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 8)
+    scaled = one(on, "ScaledObject", "t-tessera-dispatcher")["spec"]
+    assert scaled["scaleTargetRef"]["name"] == "t-tessera-dispatcher"
+    assert [t["metadata"]["query"] for t in scaled["triggers"]] == [
+        'sum(max by (service) (tessera_queue_depth_jobs{namespace="tessera"}))',
+        'max(tessera_queue_oldest_job_age_seconds{namespace="tessera"})']
+    off = render(VALUE_SETS["autoscaling-off"], tmp_path)
+    assert one(off, "Deployment", "t-tessera-gateway")["spec"]["replicas"] == 2
+    assert not [d for d in off if d["kind"] in ("HorizontalPodAutoscaler", "ScaledObject")]
+
+
+def metric_names(docs: list[dict[str, Any]]) -> set[str]:
+    """Every tessera_* metric the ScaledObject, the PrometheusRule and the dashboard query."""
+    text = []
+    for d in docs:
+        if d["kind"] == "ScaledObject":
+            text += [t["metadata"]["query"] for t in d["spec"]["triggers"]]
+        elif d["kind"] == "PrometheusRule":
+            text += [r["expr"] for g in d["spec"]["groups"] for r in g["rules"]]
+        elif d["kind"] == "ConfigMap" and "tessera.json" in d.get("data", {}):
+            text += [t["expr"] for p in json.loads(d["data"]["tessera.json"])["panels"] for t in p["targets"]]
+    return set(re.findall(r"\btessera_[a-z_]+", " ".join(text)))
 
 
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))
@@ -198,7 +248,7 @@ def _process(container: dict[str, Any], files: dict[str, str], env: dict[str, st
 
 
 @pytest.fixture()
-def rendered_stack(redis_server: Any, serve_cluster: Any, tmp_path: Path) -> Iterator[tuple[str, str]]:
+def rendered_stack(redis_server: Any, serve_cluster: Any, tmp_path: Path) -> Iterator[dict[str, Any]]:
     from ray import serve
 
     from services.queue.redis_server import free_port
@@ -233,7 +283,8 @@ def rendered_stack(redis_server: Any, serve_cluster: Any, tmp_path: Path) -> Ite
             cmd = _process(container, files, env, root)
             procs.append(subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=(root / "log").open("w"),
                                           stderr=subprocess.STDOUT))
-        yield f"127.0.0.1:{ports['gateway']}", key
+        yield {"address": f"127.0.0.1:{ports['gateway']}", "key": key, "docs": docs,
+               "metrics": [ports["metrics"], ports["dispatcher"]]}
     finally:
         for p in procs:
             p.terminate()
@@ -245,10 +296,10 @@ def rendered_stack(redis_server: Any, serve_cluster: Any, tmp_path: Path) -> Ite
         serve.delete("text")
 
 
-def test_rendered_gateway_and_dispatcher_serve_a_generation_through_the_sdk(rendered_stack: tuple[str, str]) -> None:
+def test_rendered_gateway_and_dispatcher_serve_a_generation_through_the_sdk(rendered_stack: dict[str, Any]) -> None:
     import tessera
 
-    address, key = rendered_stack
+    address, key, docs = rendered_stack["address"], rendered_stack["key"], rendered_stack["docs"]
     deadline = time.monotonic() + 60
     with tessera.Client(address, api_key=key) as client:
         while True:
@@ -260,3 +311,15 @@ def test_rendered_gateway_and_dispatcher_serve_a_generation_through_the_sdk(rend
                     raise
                 time.sleep(1)
     assert result.finish_reason == "stop" and "The answer is 17." in result.text and result.model == "d2f-arith"
+    # After the generation: every metric the chart's autoscaling, alerts and dashboard use is one the
+    # running gateway or dispatcher really exports.
+    exported: set[str] = set()
+    for port in rendered_stack["metrics"]:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        exported |= set(re.findall(r"^(?:# TYPE )?(tessera_[a-z_]+)", body, re.M))
+    used = metric_names(docs)
+    assert len(used) >= 8
+    base = {re.sub(r"_(bucket|sum|count|total)$", "", n) for n in exported}
+    missing = sorted(n for n in used if n not in exported and re.sub(r"_(bucket|sum|count|total)$", "", n)
+                     not in base)
+    assert not missing, f"the chart queries metrics nobody exports: {missing}"
