@@ -5,7 +5,11 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml sdk/pyproject.toml requi
 ARGS   ?=
 DEMO_Q ?= Mia has 12 shells. She finds 7 more. She gives 3. She buys 5 more. She loses 4. How many shells does Mia have now?
 
-.PHONY: setup test lint bench sweep run demo train protos crd-schemas clean
+.PHONY: setup test lint bench sweep run demo train protos crd-schemas images image-gateway image-worker clean
+
+# Container images (docker/): names and tags as helm/tessera/values.yaml's image defaults.
+GATEWAY_IMAGE ?= tessera/gateway:0.1.0
+WORKER_IMAGE  ?= tessera/worker:0.1.0-cuda
 
 setup: $(STAMP)
 
@@ -43,6 +47,15 @@ crd-schemas: setup
 
 train: setup
 	$(PY) -m lab.training
+
+# Skipped, with the reason, where no container engine or base image is present (no registry to pull from).
+images: image-gateway image-worker
+
+image-gateway:
+	@bash scripts/build_image.sh docker/gateway.Dockerfile $(GATEWAY_IMAGE)
+
+image-worker:
+	@bash scripts/build_image.sh docker/worker.Dockerfile $(WORKER_IMAGE)
 
 clean:
 	rm -rf $(VENV) bench-results .pytest_cache .ruff_cache
