@@ -57,18 +57,46 @@ class Dispatcher:
     name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}")
     running: dict[str, _Running] = field(default_factory=dict)
     _slot_free: asyncio.Event = field(default_factory=asyncio.Event)
+    _loops: dict[str, asyncio.Task[None]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.service = Service(self.service)  # a name no service has fails here, not at the first job
 
     async def run(self) -> None:
         """Dispatch until cancelled; survives Redis outages (retries with backoff)."""
-        tasks = [asyncio.create_task(self._consume()), asyncio.create_task(self._reclaim_loop()),
-                 asyncio.create_task(self._heartbeat_loop()), asyncio.create_task(self._cancel_listener())]
+        self._loops = {"consume": asyncio.create_task(self._consume()),
+                       "reclaim": asyncio.create_task(self._reclaim_loop()),
+                       "heartbeat": asyncio.create_task(self._heartbeat_loop()),
+                       "cancel": asyncio.create_task(self._cancel_listener())}
         try:
-            await asyncio.gather(*tasks)
+            # return_exceptions: drain() cancels the loops one by one; run() then ends when all have. A loop
+            # that failed otherwise still fails run().
+            for result in await asyncio.gather(*self._loops.values(), return_exceptions=True):
+                if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                    raise result
         finally:
-            await cancel_all([*tasks, *(r.task for r in self.running.values())])
+            await cancel_all([*self._loops.values(), *(r.task for r in self.running.values())])
+
+    async def drain(self, grace_s: float) -> int:
+        """Stop for a scale-in without delaying anybody's job: take no new jobs, let the running ones
+        finish for up to `grace_s` (still heartbeating them), then stop the rest and hand their queue
+        entries back, so another dispatcher resumes them at its next reclaim instead of after
+        claim_idle_ms. Returns how many were handed back."""
+        for name in ("consume", "reclaim", "cancel"):
+            self._loops[name].cancel()
+        if self.running and grace_s > 0:
+            await asyncio.wait([r.task for r in self.running.values()], timeout=grace_s)
+        self._loops["heartbeat"].cancel()  # a heartbeat after the hand-back would take it back
+        left = list(self.running.values())
+        for r in left:
+            r.task.cancel()  # cancels the worker call; what it streamed stays in the job's events
+        await asyncio.gather(*(r.task for r in left), return_exceptions=True)
+        if left:
+            with contextlib.suppress(*_REDIS_DOWN):  # Redis gone: the claims time out instead
+                await self.store.hand_back(self.service, self.name, [r.entry_id for r in left],
+                                           self.cfg.claim_idle_ms)
+            log.info("dispatcher %s: handed %d running job(s) back", self.name, len(left))
+        return len(left)
 
     # ---- intake ------------------------------------------------------------------------------------
     async def _consume(self) -> None:
@@ -253,14 +281,27 @@ def worker_clients(cfg: DispatcherConfig) -> dict[str, WorkerClient]:
 
 
 async def dispatch_all(store: JobStore, cfg: DispatcherConfig, metrics: Metrics,
-                       workers: dict[str, WorkerClient] | None = None) -> None:
-    """One Dispatcher per configured service (its own window and worker client); runs until cancelled.
-    Clients passed in stay open (their owner closes them); the ones made here are closed here."""
+                       workers: dict[str, WorkerClient] | None = None, stop: asyncio.Event | None = None,
+                       grace_s: float = 0.0) -> None:
+    """One Dispatcher per configured service (its own window and worker client); runs until cancelled,
+    or until `stop` is set, then drains (Dispatcher.drain) within `grace_s`. Clients passed in stay
+    open (their owner closes them); the ones made here are closed here."""
     own = workers is None
     clients = worker_clients(cfg) if workers is None else workers
+    dispatchers = [Dispatcher(store, w, cfg, metrics, svc) for svc, w in clients.items()]
+    runs = [asyncio.create_task(d.run()) for d in dispatchers]
     try:
-        await asyncio.gather(*(Dispatcher(store, w, cfg, metrics, svc).run() for svc, w in clients.items()))
+        if stop is None:
+            await asyncio.gather(*runs)
+        else:
+            stopped = asyncio.create_task(stop.wait())
+            await asyncio.wait([*runs, stopped], return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if stop.is_set():
+                await asyncio.gather(*(d.drain(grace_s) for d in dispatchers))
+            await asyncio.gather(*runs)
     finally:
+        await cancel_all(runs)
         if own:
             for w in clients.values():
                 await w.close()

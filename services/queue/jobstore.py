@@ -374,6 +374,12 @@ class JobStore:
         dispatcher reclaims jobs that are still running."""
         await self.r.xclaim(self.queue_key(service), GROUP, consumer, 0, entry_ids, justid=True)
 
+    async def hand_back(self, service: str, consumer: str, entry_ids: list[str], idle_ms: int) -> None:
+        """Give up `consumer`'s pending entries without waiting out the claim timeout: mark them idle
+        for `idle_ms` (XCLAIM ... IDLE), so the next autoclaim of another dispatcher takes them over,
+        exactly as if this one had died, and resumes them from their events."""
+        await self.r.xclaim(self.queue_key(service), GROUP, consumer, 0, entry_ids, idle=idle_ms, justid=True)
+
     async def autoclaim(self, service: str, consumer: str, min_idle_ms: int,
                         count: int) -> list[tuple[str, dict[bytes, bytes]]]:
         """Take over up to `count` entries pending longer than `min_idle_ms` (their dispatcher died):
