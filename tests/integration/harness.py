@@ -17,7 +17,7 @@ from services.gateway.auth import ApiKey, Authenticator, hash_key
 from services.gateway.config import AuthConfig, GatewayConfig
 from services.gateway.server import Gateway
 from services.workers.echo_worker import EchoTextWorker, start_echo_worker
-from tessera.v1 import jobs_pb2_grpc, text_pb2_grpc
+from tessera.v1 import jobs_pb2, jobs_pb2_grpc, text_pb2, text_pb2_grpc
 
 KEY, OTHER_KEY = "test-key-alice", "test-key-bob"
 
@@ -34,6 +34,11 @@ class Stack:
     @property
     def store(self):
         return self.gateway.store
+
+
+def echo_spec(prompt: str) -> jobs_pb2.JobSpec:
+    """A text job for the echo worker (it streams the prompt back word by word)."""
+    return jobs_pb2.JobSpec(text=text_pb2.TextRequest(model="echo", prompt=prompt))
 
 
 def md(key: str = KEY) -> tuple[tuple[str, str], ...]:

@@ -11,14 +11,10 @@ import time
 from services.common.metrics import Metrics
 from services.dispatcher.dispatcher import Dispatcher
 from services.dispatcher.worker_client import WorkerClient
-from tessera.v1 import jobs_pb2, text_pb2
-from tests.integration.harness import stack, wait_for
+from tessera.v1 import jobs_pb2
+from tests.integration.harness import echo_spec, stack, wait_for
 
 WORDS = " ".join(f"w{i}" for i in range(40))  # 40 tokens at 0.1 s each: a 4 s job
-
-
-def _spec(prompt: str) -> jobs_pb2.JobSpec:
-    return jobs_pb2.JobSpec(text=text_pb2.TextRequest(model="echo", prompt=prompt))
 
 
 def test_drain_hands_running_jobs_back_and_another_dispatcher_resumes_them(redis_server) -> None:
@@ -31,7 +27,7 @@ def test_drain_hands_running_jobs_back_and_another_dispatcher_resumes_them(redis
             a = Dispatcher(store, WorkerClient(worker, "text"), cfg, Metrics(), name="a")
             b = Dispatcher(store, WorkerClient(worker, "text"), cfg, Metrics(), name="b")
             run_a = asyncio.create_task(a.run())
-            job, _ = await store.submit("alice", "text", _spec(WORDS))
+            job, _ = await store.submit("alice", "text", echo_spec(WORDS))
 
             async def some_tokens() -> bool:
                 return (await store.get(job)).tokens >= 5
@@ -39,7 +35,7 @@ def test_drain_hands_running_jobs_back_and_another_dispatcher_resumes_them(redis
             t0 = time.monotonic()
             assert await a.drain(grace_s=0) == 1
             await asyncio.wait_for(run_a, timeout=10)  # drained: run() returns by itself
-            late, _ = await store.submit("alice", "text", _spec("after the drain"))
+            late, _ = await store.submit("alice", "text", echo_spec("after the drain"))
             run_b = asyncio.create_task(b.run())
             try:
                 async def done() -> bool:
@@ -65,7 +61,7 @@ def test_drain_lets_running_jobs_finish_within_the_grace(redis_server) -> None:
             d = Dispatcher(store, WorkerClient(f"127.0.0.1:{s.worker_port}", "text"), s.gateway.cfg.dispatcher,
                            Metrics())
             run = asyncio.create_task(d.run())
-            job, _ = await store.submit("alice", "text", _spec("one two three four five six"))
+            job, _ = await store.submit("alice", "text", echo_spec("one two three four five six"))
             await wait_for(lambda: _started(s.worker, job), timeout=20)
             assert await d.drain(grace_s=10) == 0  # it finished in time: nothing to hand back
             await asyncio.wait_for(run, timeout=10)

@@ -9,21 +9,17 @@ from services.common.metrics import Metrics
 from services.dispatcher.dispatcher import Dispatcher
 from services.dispatcher.worker_client import WorkerClient
 from services.queue.jobstore import INLINE_SPEC_BYTES
-from tessera.v1 import jobs_pb2, text_pb2
-from tests.integration.harness import stack, wait_for
-
-
-def _text(prompt: str) -> jobs_pb2.JobSpec:
-    return jobs_pb2.JobSpec(text=text_pb2.TextRequest(model="echo", prompt=prompt))
+from tessera.v1 import jobs_pb2
+from tests.integration.harness import echo_spec, stack, wait_for
 
 
 def test_queue_entry_carries_small_text_specs_and_the_call_is_made_once(redis_server) -> None:
     async def go() -> None:
         async with stack(redis_server.url, delay_s=0.05, dispatcher=False) as s:
             store = s.store
-            small, _ = await store.submit("alice", "text", _text("a b c"), deadline_ms=4_000_000_000_000)
-            big, _ = await store.submit("alice", "text", _text("w" * INLINE_SPEC_BYTES))
-            doomed, _ = await store.submit("alice", "text", _text("d e f"))
+            small, _ = await store.submit("alice", "text", echo_spec("a b c"), deadline_ms=4_000_000_000_000)
+            big, _ = await store.submit("alice", "text", echo_spec("w" * INLINE_SPEC_BYTES))
+            doomed, _ = await store.submit("alice", "text", echo_spec("d e f"))
             entries = {f[b"job_id"].decode(): f for _, f in await store.r.xrange(store.queue_key("text"))}
             assert jobs_pb2.JobSpec.FromString(entries[small][b"spec"]).text.prompt == "a b c"
             assert entries[small][b"deadline_ms"] == b"4000000000000"
