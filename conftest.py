@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parent
 class ServeCluster:
     grpc_port: int
     http_port: int
+    metrics_port: int  # Ray's metrics agent: every replica's metrics, as Prometheus scrapes them on a cluster
 
     def deploy(self, app: str, args: Mapping[str, Any] | None = None,
                deployment: Mapping[str, Any] | None = None) -> None:
@@ -40,10 +41,10 @@ def serve_cluster() -> Iterator[ServeCluster]:
 
     lenient = lenient_proxy_checks()  # a loaded 2-core machine starts Serve's proxy slowly
     # 4 logical CPUs: text, image and understanding replicas (1 CPU each) fit on the 2-core machine.
-    ray.init(num_cpus=4, include_dashboard=False, logging_level="warning",
+    cluster = ServeCluster(free_port(), free_port(), free_port())
+    ray.init(num_cpus=4, include_dashboard=False, logging_level="warning", _metrics_export_port=cluster.metrics_port,
              runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), **lenient}})
     try:
-        cluster = ServeCluster(free_port(), free_port())
         # The shipped file's proxies (every worker servicer) on free ports; modules deploy onto it.
         start_serve(serve_config.configure(grpc_port=cluster.grpc_port, http_port=cluster.http_port))
         yield cluster

@@ -144,7 +144,8 @@ def metric_names(docs: list[dict[str, Any]]) -> set[str]:
             text += [r["expr"] for g in d["spec"]["groups"] for r in g["rules"]]
         elif d["kind"] == "ConfigMap" and "tessera.json" in d.get("data", {}):
             text += [t["expr"] for p in json.loads(d["data"]["tessera.json"])["panels"] for t in p["targets"]]
-    return set(re.findall(r"\btessera_[a-z_]+", " ".join(text)))
+    # Ray's metrics agent prefixes the workers' metrics with ray_ (and counters with _total).
+    return set(re.findall(r"\b(?:ray_)?tessera_[a-z_]+", " ".join(text)))
 
 
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))
@@ -284,7 +285,7 @@ def rendered_stack(redis_server: Any, serve_cluster: Any, tmp_path: Path) -> Ite
             procs.append(subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=(root / "log").open("w"),
                                           stderr=subprocess.STDOUT))
         yield {"address": f"127.0.0.1:{ports['gateway']}", "key": key, "docs": docs,
-               "metrics": [ports["metrics"], ports["dispatcher"]]}
+               "metrics": [ports["metrics"], ports["dispatcher"]], "ray_metrics": serve_cluster.metrics_port}
     finally:
         for p in procs:
             p.terminate()
@@ -312,14 +313,26 @@ def test_rendered_gateway_and_dispatcher_serve_a_generation_through_the_sdk(rend
                 time.sleep(1)
     assert result.finish_reason == "stop" and "The answer is 17." in result.text and result.model == "d2f-arith"
     # After the generation: every metric the chart's autoscaling, alerts and dashboard use is one the
-    # running gateway or dispatcher really exports.
-    exported: set[str] = set()
-    for port in rendered_stack["metrics"]:
-        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-        exported |= set(re.findall(r"^(?:# TYPE )?(tessera_[a-z_]+)", body, re.M))
+    # running gateway or dispatcher, or Ray's metrics agent for the worker replicas, really exports.
     used = metric_names(docs)
-    assert len(used) >= 8
-    base = {re.sub(r"_(bucket|sum|count|total)$", "", n) for n in exported}
-    missing = sorted(n for n in used if n not in exported and re.sub(r"_(bucket|sum|count|total)$", "", n)
-                     not in base)
-    assert not missing, f"the chart queries metrics nobody exports: {missing}"
+    assert len(used) >= 12 and any(n.startswith("ray_") for n in used)
+
+    def exported_by(ports: list[int]) -> set[str]:
+        names: set[str] = set()
+        for port in ports:
+            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+            names |= set(re.findall(r"^(?:# TYPE )?((?:ray_)?tessera_[a-z_]+)", body, re.M))
+        return names
+
+    def missing(names: set[str], exported: set[str]) -> list[str]:
+        base = {re.sub(r"_(bucket|sum|count|total)$", "", n) for n in exported}
+        return sorted(n for n in names if n not in exported and re.sub(r"_(bucket|sum|count|total)$", "", n)
+                      not in base)
+
+    ours = {n for n in used if not n.startswith("ray_")}
+    assert not missing(ours, exported_by(rendered_stack["metrics"])), "the chart queries metrics nobody exports"
+    ray_names = used - ours
+    deadline = time.monotonic() + 60  # Ray's agent exports replica metrics every few seconds
+    while gone := missing(ray_names, exported_by([rendered_stack["ray_metrics"]])):
+        assert time.monotonic() < deadline, f"Ray's metrics agent never exported {gone}"
+        time.sleep(2)
