@@ -63,7 +63,7 @@ def worker_apps(args: argparse.Namespace) -> tuple[ServeDeploySchema, bool]:
         overrides = {"image": {"model": {"model_dir": str(root / f"shapes-{backend}")}},
                      "understanding": {"model": {"model_dir": str(root / "shapes-orthus")}}}
     full = serve_config.configure(data, args=overrides, grpc_port=args.worker_port, http_port=args.http_port)
-    dirs = {a.name: serve_config.app_args(full, a.name).model.path for a in full.applications}  # type: ignore[attr-defined]
+    dirs = {a.name: serve_config.app_args(full, a.name).model.path for a in full.applications}
     missing = [str(d) for name, d in dirs.items() if name != "text" and not d.exists()]
     if not missing:
         return full, True
@@ -92,8 +92,8 @@ async def run(args: argparse.Namespace) -> None:
         await asyncio.to_thread(deploy, apps)
         cfg = GatewayConfig.load(args.gateway_config)
         if images:
-            cfg.images.models = [serve_config.app_args(apps, "image").model.name]  # type: ignore[attr-defined]
-            cfg.understanding.models = [serve_config.app_args(apps, "understanding").model.name]  # type: ignore[attr-defined]
+            cfg.images.models = [serve_config.app_args(apps, "image").model.name]
+            cfg.understanding.models = [serve_config.app_args(apps, "understanding").model.name]
         else:
             cfg.dispatcher.services = [Service.TEXT]
         cfg.host, cfg.port, cfg.metrics_port, cfg.redis_url = args.host, args.port, args.metrics_port, redis.url

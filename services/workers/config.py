@@ -38,22 +38,6 @@ def format_errors(err: ValidationError, where: str = "") -> str:
     return "; ".join(lines)
 
 
-class AppArgs(BaseModel):
-    """Base of every family's app args: unknown keys are errors; `model` is always a section with a name."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    @classmethod
-    def load(cls, source: Self | Mapping[str, Any] | None = None, where: str = "args") -> Self:
-        """Args from an instance or a parsed mapping (None = every default); ConfigError names the key."""
-        if isinstance(source, cls):
-            return source
-        try:
-            return cls.model_validate(dict(source or {}))
-        except ValidationError as e:
-            raise ConfigError(format_errors(e, where)) from None
-
-
 @dataclass(slots=True)
 class ModelSection:
     """The fields every family's `model:` section has; a family's section extends it (and sets defaults)."""
@@ -74,6 +58,24 @@ class ModelSection:
     @property
     def path(self) -> Path:
         return repo_path(self.model_dir)
+
+
+class AppArgs(BaseModel):
+    """Base of every family's app args: unknown keys are errors; `model` is always a section with a name
+    (each family narrows it to its own section)."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: ModelSection
+
+    @classmethod
+    def load(cls, source: Self | Mapping[str, Any] | None = None, where: str = "args") -> Self:
+        """Args from an instance or a parsed mapping (None = every default); ConfigError names the key."""
+        if isinstance(source, cls):
+            return source
+        try:
+            return cls.model_validate(dict(source or {}))
+        except ValidationError as e:
+            raise ConfigError(format_errors(e, where)) from None
 
 
 def check_max_tokens(default: int, limit: int) -> None:

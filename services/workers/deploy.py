@@ -83,11 +83,6 @@ def wait_running(names: Iterable[str], timeout_s: float = 600.0) -> None:
         time.sleep(0.5)
 
 
-def delete(names: Iterable[str]) -> None:
-    for name in names:
-        serve.delete(name)
-
-
 def _client() -> ServeControllerClient:
     # Serve's private client: declarative deploys have no public Python API (`serve run <file>` uses it too).
 

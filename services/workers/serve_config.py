@@ -66,12 +66,14 @@ def validate(data: Mapping[str, Any]) -> ServeDeploySchema:
     return schema
 
 
-def family_of(app: ServeApplicationSchema) -> Family | None:
-    """The family whose builder `import_path` names (None: an app that is not a Tessera worker)."""
+def family_of(app: ServeApplicationSchema | Mapping[str, Any]) -> Family | None:
+    """The family whose builder the app's `import_path` names (None: an app that is not a Tessera worker)."""
+    name, path = (app.name, app.import_path) if isinstance(app, ServeApplicationSchema) else (
+        app.get("name"), app.get("import_path", ""))
     try:
-        builder = import_attr(app.import_path)
+        builder = import_attr(path)
     except (ImportError, AttributeError, ValueError) as e:
-        raise ConfigError(f"applications[{app.name}].import_path: cannot import {app.import_path!r}: {e}") from None
+        raise ConfigError(f"applications[{name}].import_path: cannot import {path!r}: {e}") from None
     return getattr(builder, "family", None)
 
 
@@ -118,7 +120,7 @@ def configure(data: Mapping[str, Any] | None = None, *, only: Iterable[str] | No
 
 
 def family_deployment(app: Mapping[str, Any]) -> str:
-    family = family_of(ServeApplicationSchema.model_validate({k: app[k] for k in ("name", "import_path")}))
+    family = family_of(app)
     if family is None:
         raise ConfigError(f"applications[{app['name']}]: not a Tessera worker app, give its deployments by name")
     return family.deployment
@@ -143,7 +145,7 @@ def _check_app(schema: ServeDeploySchema, i: int, app: ServeApplicationSchema, f
     dep = by_name.get(family.deployment)
     fields = dep.model_dump(exclude_unset=True) if dep is not None else {}
     gpus = (fields.get("ray_actor_options") or {}).get("num_gpus", 0)
-    device = getattr(getattr(args, "model", None), "device", "cpu")
+    device = args.model.device
     if device.startswith("cuda") and not gpus:
         raise ConfigError(f"{where}.deployments[{family.deployment}].ray_actor_options.num_gpus: the model runs on "
                           f"{device!r}, but without num_gpus > 0 Ray hides every GPU from the replica")

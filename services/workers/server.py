@@ -45,7 +45,7 @@ def replica_limits(default_max_ongoing: int = 4) -> ReplicaLimits:
 
 def check_devices(args: AppArgs) -> None:
     """A cuda model in a replica Ray gave no GPU would fail deep inside torch; say why instead."""
-    device = getattr(args.model, "device", "cpu")
+    device = args.model.device
     if device.startswith("cuda") and ray.is_initialized() and not ray.get_gpu_ids():
         raise RuntimeError(f"model.device is {device!r} but this replica has no GPU: give its deployment "
                            "ray_actor_options.num_gpus > 0 in the Serve config")
@@ -61,7 +61,7 @@ class WorkerServer:
         check_devices(self.args)
         self.engine: WorkerEngine = family.engine(self.args, replica_limits())
         await self.engine.start()
-        self.metrics = WorkerMetrics(self.args.model.name)  # type: ignore[attr-defined]
+        self.metrics = WorkerMetrics(self.args.model.name)
         self.calls = CallRegistry()
         self.calls.start()
 

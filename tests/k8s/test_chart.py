@@ -211,20 +211,26 @@ def test_bad_values_fail_naming_the_key(values: dict[str, Any], message: str, tm
 
 # --- the rendered bytes, run here ---------------------------------------------------------------------
 
+def deploy_rendered(docs: list[dict[str, Any]], serve_cluster: Any) -> None:
+    """The rendered RayService's serveConfigV2 onto this machine's Serve (its ports), through the same
+    validation as the file; only the `tessera_<app>` resources go, as this Ray has no worker groups."""
+    from services.workers.deploy import deploy
+
+    cfg = yaml.safe_load(one(docs, "RayService", "t-tessera-workers")["spec"]["serveConfigV2"])
+    for app in cfg["applications"]:
+        for d in app["deployments"]:
+            d["ray_actor_options"].pop("resources")
+    deploy(serve_config.configure(cfg, grpc_port=serve_cluster.grpc_port, http_port=serve_cluster.http_port))
+
+
 def test_rendered_serve_config_starts_on_real_serve_and_answers(serve_cluster: Any, tmp_path: Path) -> None:
     import grpc
     from ray import serve
 
-    from services.workers.deploy import deploy
     from tessera.worker.v1 import worker_pb2_grpc
     from tessera.worker.v1.worker_pb2 import GenerateTextRequest
 
-    ray_svc = one(render(CPU_TEXT_ONLY, tmp_path), "RayService", "t-tessera-workers")
-    cfg = yaml.safe_load(ray_svc["spec"]["serveConfigV2"])
-    for app in cfg["applications"]:  # this Ray has no worker groups to advertise tessera_<app>
-        for d in app["deployments"]:
-            d["ray_actor_options"].pop("resources")
-    deploy(serve_config.configure(cfg, grpc_port=serve_cluster.grpc_port, http_port=serve_cluster.http_port))
+    deploy_rendered(render(CPU_TEXT_ONLY, tmp_path), serve_cluster)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{serve_cluster.grpc_port}") as ch:
             msgs = list(worker_pb2_grpc.TextWorkerServiceStub(ch).GenerateText(
@@ -253,7 +259,6 @@ def rendered_stack(redis_server: Any, serve_cluster: Any, tmp_path: Path) -> Ite
     from ray import serve
 
     from services.queue.redis_server import free_port
-    from services.workers.deploy import deploy
 
     key = "test-key-" + os.urandom(4).hex()
     ports = {"gateway": free_port(), "metrics": free_port(), "dispatcher": free_port()}
@@ -263,11 +268,7 @@ def rendered_stack(redis_server: Any, serve_cluster: Any, tmp_path: Path) -> Ite
                     "apiKeys": {"keys": [{"id": "e2e", "sha256": hashlib.sha256(key.encode()).hexdigest()}]}},
         "dispatcher": {"metricsPort": ports["dispatcher"]}})
     docs = render(values, tmp_path)
-    cfg = yaml.safe_load(one(docs, "RayService", "t-tessera-workers")["spec"]["serveConfigV2"])
-    for app in cfg["applications"]:
-        for d in app["deployments"]:
-            d["ray_actor_options"].pop("resources")
-    deploy(serve_config.configure(cfg, grpc_port=serve_cluster.grpc_port, http_port=serve_cluster.http_port))
+    deploy_rendered(docs, serve_cluster)
     keys = one(docs, "Secret", "t-tessera-api-keys")["stringData"]["keys.yaml"]
     # What the cluster would supply: the Redis URL Secret, and the Serve Service's address.
     env = {**os.environ, "TESSERA_REDIS_URL": redis_server.url,
