@@ -25,7 +25,16 @@ from tessera.errors import (
     UnavailableError,
     from_rpc_error,
 )
-from tessera.types import ImageProgress, ImageResult, ImageUsage, TextChunk, TextResult, Usage, text_result_from_job
+from tessera.types import (
+    ImageProgress,
+    ImageResult,
+    ImageUsage,
+    ModelInfo,
+    TextChunk,
+    TextResult,
+    Usage,
+    text_result_from_job,
+)
 
 __all__ = [
     "AsyncClient",
@@ -43,6 +52,7 @@ __all__ = [
     "InternalError",
     "InvalidArgumentError",
     "JobEventStream",
+    "ModelInfo",
     "NotFoundError",
     "PermissionDeniedError",
     "ResourceExhaustedError",

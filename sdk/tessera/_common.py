@@ -1,57 +1,27 @@
-"""What the sync and async clients share: connection settings, request building, stream bookkeeping.
+"""What the sync and async clients share: connection settings and request building.
 
-Both clients are thin shells around this module so that a fix to, say, the retry policy or request
-validation lands in both at once.
+Both clients are thin shells around this module (and `_retry` for when to retry, `_streams` for stream
+bookkeeping and resuming) so that a fix to, say, the retry policy or request validation lands in both at once.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypedDict, TypeVar
+from typing import TypedDict
 
 import grpc
 
-from tessera.types import (
-    ImageProgress,
-    ImageResult,
-    TextChunk,
-    TextResult,
-    chunk_from_proto,
-    image_progress_from_proto,
-    image_result_from_proto,
-    result_from_proto,
-    understanding_result_from_proto,
-)
+from tessera._retry import Retrier, RetryPolicy
 from tessera.v1 import images_pb2, jobs_pb2, text_pb2, understanding_pb2
-
-_Item = TypeVar("_Item")
-_Result = TypeVar("_Result")
 
 DEFAULT_ADDRESS = "localhost:50051"
 DEFAULT_UNARY_TIMEOUT_S = 120.0
 # Streams live as long as the generation; the deadline only guards against a silently dead gateway.
 DEFAULT_STREAM_TIMEOUT_S = 600.0
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-RETRIED_SERVICES = ("tessera.v1.TextGenerationService", "tessera.v1.ImageGenerationService",
-                    "tessera.v1.UnderstandingService", "tessera.v1.JobService")
-
-# UNAVAILABLE only: it means the request never reached (or was refused by) a gateway replica, and
-# submissions carry an idempotency key, so a retry attaches to the same job instead of starting another.
-# gRPC only retries a stream before its first message arrives, so text is never duplicated.
-RETRY_POLICY = {
-    "maxAttempts": 4,
-    "initialBackoff": "0.1s",
-    "maxBackoff": "2s",
-    "backoffMultiplier": 2,
-    "retryableStatusCodes": ["UNAVAILABLE"],
-}
-SERVICE_CONFIG = json.dumps({
-    "methodConfig": [{"name": [{"service": s} for s in RETRIED_SERVICES], "retryPolicy": RETRY_POLICY}],
-})
 
 
 def channel_options(user_agent: str) -> list[tuple[str, str | int]]:
@@ -63,14 +33,20 @@ def channel_options(user_agent: str) -> list[tuple[str, str | int]]:
         # clear of the server's default ping policy, and gRPC sends at most 2 pings without data anyway.
         ("grpc.keepalive_time_ms", 60_000),
         ("grpc.keepalive_timeout_ms", 20_000),
+        # Retries are the SDK's own (tessera._retry: a time budget, RetryInfo, stream resume). gRPC keeps only
+        # its transparent retries of calls that never left the client, e.g. one racing a restart's GOAWAY.
         ("grpc.enable_retries", 1),
-        ("grpc.service_config", SERVICE_CONFIG),
+        # While the gateway is down every call fails at once until the channel reconnects, and gRPC's
+        # default reconnect backoff (1 s growing to 120 s) overshoots a restart by seconds to minutes.
+        # Trying at least every 5 s lets the SDK's retries see the replacement within its budget.
+        ("grpc.initial_reconnect_backoff_ms", 500),
+        ("grpc.max_reconnect_backoff_ms", 5_000),
         ("grpc.primary_user_agent", user_agent),
     ]
 
 
 def new_idempotency_key() -> str:
-    """A fresh key; sent on every submission so gRPC's automatic retries can never start a second job."""
+    """A fresh key, made once per SDK call and sent on each of its attempts: a retry never starts a second job."""
     return uuid.uuid4().hex
 
 
@@ -84,6 +60,7 @@ class ClientConfig:
     tls: bool = False
     root_certificates: bytes | None = None
     metadata: Sequence[tuple[str, str]] = field(default_factory=tuple)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
 
     @property
     def use_tls(self) -> bool:
@@ -110,6 +87,14 @@ class ClientConfig:
     def stream_timeout(self, timeout: float | None) -> float:
         """Deadline for a whole stream: per-call value, else the client's, else 600 s."""
         return _pick(timeout, self.timeout, DEFAULT_STREAM_TIMEOUT_S)
+
+    def unary_retrier(self, timeout: float | None) -> Retrier:
+        """Retry state of one unary call; its deadline covers every attempt."""
+        return Retrier(self.retry, self.unary_timeout(timeout))
+
+    def stream_retrier(self, timeout: float | None) -> Retrier:
+        """Retry state of one stream; its deadline covers every re-open."""
+        return Retrier(self.retry, self.stream_timeout(timeout))
 
 
 def _pick(call: float | None, client: float | None, default: float) -> float:
@@ -159,12 +144,6 @@ def stream_request(prompt: str, idempotency_key: str | None, params: TextParams)
                                           idempotency_key=idempotency_key or new_idempotency_key())
 
 
-def submit_request(prompt: str, idempotency_key: str | None, params: TextParams) -> jobs_pb2.SubmitJobRequest:
-    """SubmitJobRequest for a text job with an idempotency key always set."""
-    spec = jobs_pb2.JobSpec(text=text_request(prompt, **params))
-    return jobs_pb2.SubmitJobRequest(spec=spec, idempotency_key=idempotency_key or new_idempotency_key())
-
-
 class ImageParams(TypedDict, total=False):
     """Keyword arguments of image generation and editing (zero/None = the model's default)."""
 
@@ -188,7 +167,10 @@ def image_params(*, width: int = 0, height: int = 0, steps: int = 0, guidance_sc
     return p
 
 
-def image_bytes(image: bytes | str | os.PathLike[str]) -> bytes:
+ImageInput = bytes | str | os.PathLike[str]
+
+
+def image_bytes(image: ImageInput) -> bytes:
     """Image input as bytes: given bytes, or the contents of a file path (PNG or JPEG)."""
     if isinstance(image, bytes | bytearray | memoryview):
         return bytes(image)
@@ -196,103 +178,59 @@ def image_bytes(image: bytes | str | os.PathLike[str]) -> bytes:
         return f.read()
 
 
+def image_request(prompt: str, params: ImageParams) -> images_pb2.ImageRequest:
+    p = dict(params)
+    model = str(p.pop("model", ""))
+    return images_pb2.ImageRequest(model=model, prompt=prompt, params=image_params(**p))  # type: ignore[arg-type]
+
+
+def edit_request(image: ImageInput, instruction: str, params: ImageParams) -> images_pb2.ImageEditRequest:
+    p = dict(params)
+    model = str(p.pop("model", ""))
+    return images_pb2.ImageEditRequest(model=model, image=image_bytes(image), instruction=instruction,
+                                       params=image_params(**p))  # type: ignore[arg-type]
+
+
+def understanding_request(image: ImageInput, question: str, model: str = "",
+                          max_tokens: int = 0) -> understanding_pb2.UnderstandingRequest:
+    return understanding_pb2.UnderstandingRequest(model=model, image=image_bytes(image), question=question,
+                                                  max_tokens=max_tokens)
+
+
 def generate_image_request(prompt: str, idempotency_key: str | None,
                            params: ImageParams) -> images_pb2.GenerateImageRequest:
-    p = dict(params)
-    model = str(p.pop("model", ""))
-    req = images_pb2.ImageRequest(model=model, prompt=prompt, params=image_params(**p))  # type: ignore[arg-type]
-    return images_pb2.GenerateImageRequest(request=req, idempotency_key=idempotency_key or new_idempotency_key())
+    return images_pb2.GenerateImageRequest(request=image_request(prompt, params),
+                                           idempotency_key=idempotency_key or new_idempotency_key())
 
 
-def edit_image_request(image: bytes | str | os.PathLike[str], instruction: str, idempotency_key: str | None,
+def edit_image_request(image: ImageInput, instruction: str, idempotency_key: str | None,
                        params: ImageParams) -> images_pb2.EditImageRequest:
-    p = dict(params)
-    model = str(p.pop("model", ""))
-    req = images_pb2.ImageEditRequest(model=model, image=image_bytes(image), instruction=instruction,
-                                      params=image_params(**p))  # type: ignore[arg-type]
-    return images_pb2.EditImageRequest(request=req, idempotency_key=idempotency_key or new_idempotency_key())
+    return images_pb2.EditImageRequest(request=edit_request(image, instruction, params),
+                                       idempotency_key=idempotency_key or new_idempotency_key())
 
 
-def understand_request(image: bytes | str | os.PathLike[str], question: str, idempotency_key: str | None,
+def understand_request(image: ImageInput, question: str, idempotency_key: str | None,
                        model: str = "", max_tokens: int = 0) -> understanding_pb2.UnderstandRequest:
-    req = understanding_pb2.UnderstandingRequest(model=model, image=image_bytes(image), question=question,
-                                                 max_tokens=max_tokens)
-    return understanding_pb2.UnderstandRequest(request=req, idempotency_key=idempotency_key or new_idempotency_key())
+    return understanding_pb2.UnderstandRequest(request=understanding_request(image, question, model, max_tokens),
+                                               idempotency_key=idempotency_key or new_idempotency_key())
 
 
-class _JobStreamState(Generic[_Item, _Result]):
-    """What a job's stream remembers across messages: its job id, the last event id (where to
-    resume) and the final result; `feed` turns one message into the item it carries, if any."""
-
-    def __init__(self) -> None:
-        self.job_id = ""
-        self.last_event_id = ""
-        self.result: _Result | None = None
-
-    def _note(self, msg: Any) -> str | None:
-        """Record the ids of one message; its payload kind."""
-        self.job_id = msg.job_id or self.job_id
-        self.last_event_id = msg.event_id or self.last_event_id
-        return msg.WhichOneof("payload")
-
-    def feed(self, msg: Any) -> _Item | None:
-        raise NotImplementedError
+def submit_request(spec: jobs_pb2.JobSpec, idempotency_key: str | None) -> jobs_pb2.SubmitJobRequest:
+    """SubmitJobRequest with an idempotency key always set."""
+    return jobs_pb2.SubmitJobRequest(spec=spec, idempotency_key=idempotency_key or new_idempotency_key())
 
 
-class ImageStreamState(_JobStreamState[ImageProgress, ImageResult]):
-    """Turns GenerateImage / EditImage messages into ImageProgress and remembers the job id and result."""
-
-    def feed(self, msg: images_pb2.GenerateImageResponse | images_pb2.EditImageResponse) -> ImageProgress | None:
-        kind = self._note(msg)
-        if kind == "progress":
-            return image_progress_from_proto(msg.progress, self.job_id, msg.event_id)
-        if kind == "result":
-            self.result = image_result_from_proto(msg.result, self.job_id)
-        return None
+def text_spec(prompt: str, params: TextParams) -> jobs_pb2.JobSpec:
+    return jobs_pb2.JobSpec(text=text_request(prompt, **params))
 
 
-class StreamState(_JobStreamState[TextChunk, TextResult]):
-    """Turns GenerateStream / Understand messages into TextChunks and remembers the job id and final
-    result. Messages without a payload (the first one, which only announces the job id) yield no chunk.
-    """
-
-    def feed(self, msg: text_pb2.GenerateStreamResponse | understanding_pb2.UnderstandResponse) -> TextChunk | None:
-        """Record one message; return the chunk it carries, if any."""
-        kind = self._note(msg)
-        if kind == "chunk":
-            return chunk_from_proto(msg.chunk, self.job_id, msg.event_id)
-        if kind == "result":
-            self.result = (understanding_result_from_proto(msg.result, self.job_id)
-                           if isinstance(msg, understanding_pb2.UnderstandResponse)
-                           else result_from_proto(msg.result, self.job_id))
-        return None
+def image_spec(prompt: str, params: ImageParams) -> jobs_pb2.JobSpec:
+    return jobs_pb2.JobSpec(image=image_request(prompt, params))
 
 
-class JobStreamView(Generic[_Item, _Result]):
-    """The job side of a sync or async call stream, read from its `_state`: how messages become
-    items, the job id, where to resume, and the result."""
-
-    _state: _JobStreamState[_Item, _Result]
-
-    def _convert(self, msg: Any) -> _Item | None:
-        return self._state.feed(msg)
-
-    @property
-    def job_id(self) -> str:
-        """Id of the job behind the stream ("" until the first message arrived)."""
-        return self._state.job_id
-
-    @property
-    def last_event_id(self) -> str:
-        """Event id of the last message received: where to resume from."""
-        return self._state.last_event_id
-
-    @property
-    def result(self) -> _Result | None:
-        """The final result once the stream finished; None before that or if it was cancelled."""
-        return self._state.result
+def edit_spec(image: ImageInput, instruction: str, params: ImageParams) -> jobs_pb2.JobSpec:
+    return jobs_pb2.JobSpec(edit=edit_request(image, instruction, params))
 
 
-def is_cancelled(e: grpc.RpcError) -> bool:
-    """Whether an RpcError is the CANCELLED status our own `cancel()` produces."""
-    return hasattr(e, "code") and e.code() == grpc.StatusCode.CANCELLED
+def understand_spec(image: ImageInput, question: str, model: str = "", max_tokens: int = 0) -> jobs_pb2.JobSpec:
+    return jobs_pb2.JobSpec(understand=understanding_request(image, question, model, max_tokens))

@@ -197,6 +197,16 @@ def _metadata_value(md: Any, key: str) -> str | None:
     return None
 
 
+def request_id_from(*metadata: Any) -> str:
+    """The x-request-id of a call from the first of its metadata (initial, trailing) that has one; ""."""
+    return next((v for md in metadata if (v := _metadata_value(md, REQUEST_ID_KEY))), "")
+
+
+def _call_metadata(e: grpc.RpcError, name: str) -> Any:
+    # Plain RpcErrors (e.g. raised by interceptors or test doubles) have no call methods at all.
+    return getattr(e, name)() if hasattr(e, name) else None
+
+
 def from_rpc_error(e: grpc.RpcError) -> TesseraError:
     """Convert a sync or grpc.aio RpcError into a TesseraError with its rich details unpacked."""
     code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
@@ -210,9 +220,9 @@ def from_rpc_error(e: grpc.RpcError) -> TesseraError:
         status = None
     if status is not None:
         details = unpack_details(status.details)
-    trailing = e.trailing_metadata() if hasattr(e, "trailing_metadata") else None
-    request_id = _metadata_value(trailing, REQUEST_ID_KEY)
-    if request_id is None:
+    # The gateway sends the id in both; the initial metadata is the fallback for a trailer a proxy rewrote.
+    request_id = request_id_from(_call_metadata(e, "trailing_metadata"), _call_metadata(e, "initial_metadata"))
+    if not request_id:
         info = next((d for d in details if isinstance(d, error_details_pb2.RequestInfo)), None)
-        request_id = info.request_id if info is not None and info.request_id else None
-    return error_for_code(code, message, details, request_id)
+        request_id = info.request_id if info is not None else ""
+    return error_for_code(code, message, details, request_id or None)

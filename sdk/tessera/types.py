@@ -1,4 +1,4 @@
-"""Plain Python results of text generation, image generation and understanding.
+"""Plain Python results of text generation, image generation and understanding, and the model list.
 
 Users of `generate_text` / `stream_text` get dataclasses rather than protobuf messages: they print
 readably, compare by value and don't tie user code to generated-code details (enum ints, HasField).
@@ -9,12 +9,12 @@ API's own and wrapping it would only hide fields.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from tessera.v1 import common_pb2, images_pb2, jobs_pb2, text_pb2, understanding_pb2
+from tessera.v1 import common_pb2, images_pb2, jobs_pb2, models_pb2, text_pb2, understanding_pb2
 
-__all__ = ["ImageProgress", "ImageResult", "ImageUsage", "TextChunk", "TextResult", "Usage", "finish_reason_name",
-           "text_result_from_job"]
+__all__ = ["ImageProgress", "ImageResult", "ImageUsage", "ModelInfo", "TextChunk", "TextResult", "Usage",
+           "finish_reason_name", "text_result_from_job"]
 
 _FINISH_PREFIX = "FINISH_REASON_"
 
@@ -34,13 +34,18 @@ class Usage:
 
 @dataclass(frozen=True)
 class TextResult:
-    """A finished generation. `finish_reason` is "stop", "length", "cancelled" (or "unspecified")."""
+    """A finished generation. `finish_reason` is "stop", "length", "cancelled" (or "unspecified").
+
+    `request_id` is the gateway's x-request-id of the call that delivered it ("" when read from a job
+    record); it says how the result travelled, not what it is, so equality ignores it.
+    """
 
     text: str
     finish_reason: str
     model: str
     job_id: str
     usage: Usage
+    request_id: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)
@@ -76,7 +81,7 @@ def usage_from_proto(usage: text_pb2.TextUsage) -> Usage:
     )
 
 
-def result_from_proto(result: text_pb2.TextResult, job_id: str) -> TextResult:
+def result_from_proto(result: text_pb2.TextResult, job_id: str, request_id: str = "") -> TextResult:
     """Convert a TextResult message; the job id travels beside it in every response that carries one."""
     return TextResult(
         text=result.text,
@@ -84,6 +89,7 @@ def result_from_proto(result: text_pb2.TextResult, job_id: str) -> TextResult:
         model=result.model,
         job_id=job_id,
         usage=usage_from_proto(result.usage),
+        request_id=request_id,
     )
 
 
@@ -115,7 +121,7 @@ class ImageUsage:
 
 @dataclass(frozen=True)
 class ImageResult:
-    """A generated or edited image: PNG bytes and their size."""
+    """A generated or edited image: PNG bytes and their size (`request_id` as in `TextResult`)."""
 
     png: bytes
     width: int
@@ -124,6 +130,7 @@ class ImageResult:
     job_id: str
     seed: int
     usage: ImageUsage
+    request_id: str = field(default="", compare=False)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the PNG to `path`."""
@@ -146,12 +153,12 @@ class ImageProgress:
         return self.patches_done / self.patches_total if self.patches_total else 0.0
 
 
-def image_result_from_proto(result: images_pb2.ImageResult, job_id: str) -> ImageResult:
+def image_result_from_proto(result: images_pb2.ImageResult, job_id: str, request_id: str = "") -> ImageResult:
     u = result.usage
     usage = ImageUsage(patches=u.patches, steps=u.steps, batch_size=u.batch_size, generate_s=u.generate_s,
                        total_s=u.total_s, queue_s=u.queue_s)
     return ImageResult(png=result.png, width=result.width, height=result.height, model=result.model, job_id=job_id,
-                       seed=result.seed, usage=usage)
+                       seed=result.seed, usage=usage, request_id=request_id)
 
 
 def image_progress_from_proto(p: images_pb2.ImageProgress, job_id: str, event_id: str) -> ImageProgress:
@@ -159,7 +166,33 @@ def image_progress_from_proto(p: images_pb2.ImageProgress, job_id: str, event_id
                          job_id=job_id, event_id=event_id)
 
 
-def understanding_result_from_proto(result: understanding_pb2.UnderstandingResult, job_id: str) -> TextResult:
+def understanding_result_from_proto(result: understanding_pb2.UnderstandingResult, job_id: str,
+                                    request_id: str = "") -> TextResult:
     """An answer reads like a text generation result (text, finish reason, usage)."""
     return TextResult(text=result.text, finish_reason=finish_reason_name(result.finish_reason), model=result.model,
-                      job_id=job_id, usage=usage_from_proto(result.usage))
+                      job_id=job_id, usage=usage_from_proto(result.usage), request_id=request_id)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model the gateway serves and its limits; fields (and their names) are those of tessera.v1.ModelInfo.
+
+    `kinds` lists the job kinds it serves ("text", "image", "edit", "understand"); limits are 0 when unknown.
+    """
+
+    name: str
+    kinds: tuple[str, ...]
+    is_default: bool = False
+    ready: bool = False
+    method: str = ""
+    max_positions: int = 0
+    max_tokens: int = 0
+    default_max_tokens: int = 0
+    max_prompt_tokens: int = 0
+    max_prompt_chars: int = 0
+
+
+def model_info_from_proto(m: models_pb2.ModelInfo) -> ModelInfo:
+    return ModelInfo(name=m.name, kinds=tuple(m.kinds), is_default=m.is_default, ready=m.ready, method=m.method,
+                     max_positions=m.max_positions, max_tokens=m.max_tokens, default_max_tokens=m.default_max_tokens,
+                     max_prompt_tokens=m.max_prompt_tokens, max_prompt_chars=m.max_prompt_chars)

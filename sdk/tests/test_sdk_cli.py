@@ -1,16 +1,21 @@
-"""The `tessera` CLI: end to end in a subprocess (streaming, exit codes, Ctrl-C), jobs commands in-process."""
+"""The `tessera` CLI: end to end in a subprocess (streaming, exit codes, Ctrl-C, closed pipes), jobs and models
+commands in-process."""
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
-from fake_gateway import API_KEY, CHUNKS, FakeGateway
+from fake_gateway import API_KEY, CHUNKS, MODELS, FakeGateway
+from google.protobuf.json_format import MessageToDict
 
+import tessera
 from tessera import cli
 
 
@@ -77,20 +82,119 @@ def test_other_errors_exit_1(server: FakeGateway, capsys: pytest.CaptureFixture[
     assert cli.main(["text", "x", "--address", server.address, "--timeout", "-1"]) == 2
 
 
-def test_jobs_commands(server: FakeGateway, capsys: pytest.CaptureFixture[str]) -> None:
+def test_jobs_commands_print_json(server: FakeGateway, capsys: pytest.CaptureFixture[str]) -> None:
     conn = ["--address", server.address, "--api-key", API_KEY]
-    assert cli.main(["jobs", "submit", "2+3?", "--max-tokens", "9", *conn]) == 0
+    assert cli.main(["jobs", "submit", "text", "2+3?", "--max-tokens", "9", *conn]) == 0
     job = json.loads(capsys.readouterr().out)
     assert job["state"] == "JOB_STATE_QUEUED" and job["spec"]["text"]["params"]["max_tokens"] == 9
+    assert job["progress"] == 0  # defaults are printed too
     assert cli.main(["jobs", "get", job["id"], *conn]) == 0
     assert json.loads(capsys.readouterr().out)["id"] == job["id"]
-    assert cli.main(["jobs", "watch", job["id"], "--after", "4", *conn]) == 0
+    assert cli.main(["jobs", "watch", job["id"], "--after", "4-0", *conn]) == 0
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [e["event_id"] for e in events] == ["5", "6"] and events[0]["result"]["text"]["text"] == "".join(CHUNKS)
+    assert [e["event_id"] for e in events] == ["5-0", "6-0"]
+    assert events[1]["result"]["text"]["text"] == "".join(CHUNKS)
     assert cli.main(["jobs", "cancel", job["id"], *conn]) == 0
     assert json.loads(capsys.readouterr().out)["state"] == "JOB_STATE_CANCELLED"
-    assert cli.main(["jobs", "submit", "again", *conn]) == 0
+    assert cli.main(["jobs", "submit", "text", "again", *conn]) == 0
     capsys.readouterr()
     assert cli.main(["jobs", "list", "--page-size", "1", *conn]) == 0
+    page = json.loads(capsys.readouterr().out)
+    assert [j["id"] for j in page["jobs"]] == ["job-2"] and page["next_page_token"] == "1"
+
+
+def test_jobs_tsv(server: FakeGateway, capsys: pytest.CaptureFixture[str]) -> None:
+    conn = ["--address", server.address, "--api-key", API_KEY]
+    for prompt in ("a", "b"):
+        assert cli.main(["jobs", "submit", "text", prompt, "--tsv", *conn]) == 0
+    assert capsys.readouterr().out.startswith("job-1\tQUEUED\t0%\t")
+    assert cli.main(["jobs", "list", "--page-size", "1", "--tsv", *conn]) == 0
     out = capsys.readouterr()
-    assert out.out.startswith("job-2\tQUEUED\t0%\t") and "--page-token 1" in out.err
+    (row,) = out.out.splitlines()
+    assert row.split("\t")[:3] == ["job-2", "QUEUED", "0%"] and row.endswith("\ttext")
+    assert "--page-token 1" in out.err
+    assert cli.main(["jobs", "cancel", "job-1", "--tsv", *conn]) == 0
+    assert capsys.readouterr().out.startswith("job-1\tCANCELLED\t")
+
+
+def test_jobs_submit_every_kind(server: FakeGateway, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    conn = ["--address", server.address, "--api-key", API_KEY]
+    png = tmp_path / "in.png"
+    png.write_bytes(b"\x89PNG fake")
+    runs = {
+        "image": ["image", "two triangles", "--size", "64", "--steps", "3", "--seed", "5"],
+        "edit": ["edit", str(png), "make it red", "--image-guidance-scale", "1.5", "--model", "m"],
+        "understand": ["understand", str(png), "what is it?", "--max-tokens", "7"],
+        "text": ["text", "2+3?", "--temperature", "0.5", "--idempotency-key", "key-1"],
+    }
+    for kind, argv in runs.items():
+        assert cli.main(["jobs", "submit", *argv, *conn]) == 0, kind
+        assert next(iter(json.loads(capsys.readouterr().out)["spec"])) == kind
+    image, edit, understand, text = (r.spec for r in server.rec.requests)
+    assert (image.image.prompt, image.image.params.width, image.image.params.height) == ("two triangles", 64, 64)
+    assert (image.image.params.steps, image.image.params.seed) == (3, 5)
+    assert (edit.edit.image, edit.edit.instruction, edit.edit.model) == (b"\x89PNG fake", "make it red", "m")
+    assert edit.edit.params.image_guidance_scale == 1.5
+    assert (understand.understand.question, understand.understand.max_tokens) == ("what is it?", 7)
+    assert (text.text.prompt, text.text.params.temperature, server.rec.requests[-1].idempotency_key) == (
+        "2+3?", 0.5, "key-1")
+    assert cli.main(["jobs", "submit", "edit", str(tmp_path / "missing.png"), "x", *conn]) == 2
+    assert "cannot read" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("prompt", "cancel", "after", "code", "message"), [
+    ("ok", False, "", 0, ""),
+    ("ok", False, "6-0", 0, ""),  # after the last event: the gateway sends the final one again
+    ("fail", False, "", 1, "failed: INTERNAL: worker crashed"),
+    ("fail", False, "4-0", 1, "failed: INTERNAL: worker crashed"),
+    ("ok", True, "", 1, "cancelled: CANCELLED: cancelled by its owner"),
+])
+def test_jobs_watch_exits_0_only_when_the_job_succeeded(server: FakeGateway, capsys: pytest.CaptureFixture[str],
+                                                        prompt: str, cancel: bool, after: str, code: int,
+                                                        message: str) -> None:
+    conn = ["--address", server.address, "--api-key", API_KEY]
+    with tessera.Client(server.address, api_key=API_KEY) as client:
+        job = client.submit_text_job(prompt)
+        if cancel:
+            client.cancel_job(job.id)
+    assert cli.main(["jobs", "watch", job.id, "--after", after, *conn]) == code
+    out = capsys.readouterr()
+    assert all(json.loads(line)["event_id"] for line in out.out.splitlines())
+    assert (f"tessera: error: job {job.id} {message}" in out.err) if message else out.err == ""
+
+
+def test_models_json_and_tsv(server: FakeGateway, capsys: pytest.CaptureFixture[str]) -> None:
+    conn = ["--address", server.address, "--api-key", API_KEY]
+    assert cli.main(["models", *conn]) == 0
+    models = json.loads(capsys.readouterr().out)["models"]
+    assert models == [MessageToDict(m, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+                      for m in MODELS]
+    assert cli.main(["models", "--tsv", *conn]) == 0
+    rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert rows[0] == ["d2f-test", "text", "true", "true", "d2f", "2048", "512", "128", "1500", "6000"]
+    assert rows[1][:3] == ["shapes", "image,edit,understand", "true"] and len(rows) == 2
+
+
+def test_a_closed_pipe_ends_the_cli_quietly(server: FakeGateway) -> None:
+    # `tessera text ... | head -c 5`: far more text than a pipe buffers, so writing after the close must fail.
+    proc = subprocess.Popen([sys.executable, "-m", "tessera", "text", "long", "--address", server.address,
+                             "--api-key", API_KEY], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert len(proc.stdout.read(5)) == 5
+    proc.stdout.close()
+    try:
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=20) in (0, cli.EXIT_BROKEN_PIPE), err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "Traceback" not in err and "Exception ignored" not in err and "BrokenPipe" not in err, err
+    assert server.rec.stream_cancelled.wait(5)  # nobody reads the text any more: the stream is cancelled
+
+
+def test_a_closed_stdout_ends_the_cli_quietly(server: FakeGateway) -> None:
+    # Started with fd 1 closed, Python has no sys.stdout at all (None).
+    cmd = shlex.join([sys.executable, "-m", "tessera", "text", "x", "--address", server.address, "--api-key", API_KEY])
+    proc = subprocess.run(["sh", "-c", f"{cmd} >&-"], capture_output=True, text=True, timeout=20)
+    assert proc.returncode in (0, cli.EXIT_BROKEN_PIPE), proc.stderr
+    assert proc.stderr.startswith("[stop] 6 tokens") and "Traceback" not in proc.stderr  # ran, quietly

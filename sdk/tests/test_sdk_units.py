@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import pickle
 
 import grpc
@@ -12,9 +12,10 @@ from google.rpc import error_details_pb2, status_pb2
 
 import tessera
 from tessera import _common
-from tessera.errors import error_for_code, from_status
+from tessera._streams import TextStreamState
+from tessera.errors import error_for_code, from_status, request_id_from
 from tessera.types import finish_reason_name, text_result_from_job
-from tessera.v1 import common_pb2, jobs_pb2, text_pb2
+from tessera.v1 import common_pb2, jobs_pb2, models_pb2, text_pb2
 
 
 def test_text_request_leaves_optional_params_unset_unless_given() -> None:
@@ -33,23 +34,40 @@ def test_text_request_rejects_unknown_params() -> None:
 def test_submissions_always_carry_an_idempotency_key() -> None:
     a = _common.generate_request("p", None, {})
     b = _common.stream_request("p", None, {})
-    c = _common.submit_request("p", None, {"max_tokens": 3})
+    c = _common.submit_request(_common.text_spec("p", {"max_tokens": 3}), None)
     keys = {a.idempotency_key, b.idempotency_key, c.idempotency_key}
     assert len(keys) == 3 and all(len(k) == 32 for k in keys)
     assert c.spec.text.params.max_tokens == 3
     assert _common.generate_request("p", "mine", {}).idempotency_key == "mine"
 
 
-def test_service_config_retries_only_unavailable_on_every_service() -> None:
+def test_job_specs_of_every_kind() -> None:
+    assert _common.text_spec("p", {"seed": 0}).text.params.HasField("seed")
+    image = _common.image_spec("a cat", {"model": "m", "width": 64, "seed": 3}).image
+    assert (image.model, image.prompt, image.params.width, image.params.seed) == ("m", "a cat", 64, 3)
+    edit = _common.edit_spec(b"png", "make it red", {"image_guidance_scale": 1.5}).edit
+    assert (edit.image, edit.instruction, edit.params.image_guidance_scale) == (b"png", "make it red", 1.5)
+    ask = _common.understand_spec(b"png", "what?", model="m", max_tokens=9).understand
+    assert (ask.image, ask.question, ask.model, ask.max_tokens) == (b"png", "what?", "m", 9)
+
+
+def test_channel_leaves_retries_to_the_sdk_and_reconnects_within_seconds() -> None:
     opts = dict(_common.channel_options("ua"))
-    assert opts["grpc.enable_retries"] == 1
+    assert "grpc.service_config" not in opts  # no gRPC retry policy: it would multiply the SDK's attempts
     assert opts["grpc.max_receive_message_length"] == opts["grpc.max_send_message_length"] == 64 * 1024 * 1024
-    (method,) = json.loads(str(opts["grpc.service_config"]))["methodConfig"]
-    assert {n["service"] for n in method["name"]} == {
-        "tessera.v1.TextGenerationService", "tessera.v1.ImageGenerationService", "tessera.v1.UnderstandingService",
-        "tessera.v1.JobService"}
-    assert method["retryPolicy"] == {"maxAttempts": 4, "initialBackoff": "0.1s", "maxBackoff": "2s",
-                                     "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}
+    assert int(opts["grpc.max_reconnect_backoff_ms"]) <= 5_000
+
+
+def test_model_info_mirrors_the_proto_field_for_field() -> None:
+    # The CLI prints ModelInfo under the proto's field names: a field added to the proto must be added here.
+    assert [f.name for f in dataclasses.fields(tessera.ModelInfo)] == [
+        f.name for f in models_pb2.ModelInfo.DESCRIPTOR.fields]
+
+
+def test_request_id_prefers_the_first_metadata_that_has_one() -> None:
+    assert request_id_from(None, (("x-request-id", b"r2"),)) == "r2"
+    assert request_id_from((("x-request-id", "r1"),), (("x-request-id", "r2"),)) == "r1"
+    assert request_id_from((("other", "x"),), None) == ""
 
 
 def test_timeouts_and_metadata() -> None:
@@ -66,7 +84,7 @@ def test_timeouts_and_metadata() -> None:
 
 
 def test_stream_state_tracks_job_chunks_and_result() -> None:
-    state = _common.StreamState()
+    state = TextStreamState()
     assert state.feed(text_pb2.GenerateStreamResponse(job_id="j", event_id="1")) is None
     chunk = state.feed(text_pb2.GenerateStreamResponse(job_id="j", event_id="2", chunk=text_pb2.TextChunk(text="a")))
     assert chunk == tessera.TextChunk("a", 0, 0, "j", "2")

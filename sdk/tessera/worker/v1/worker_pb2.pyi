@@ -57,16 +57,22 @@ class DescribeTextRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class TextModelInfo(_message.Message):
-    __slots__ = ("name", "method", "max_positions", "default_max_tokens")
+    __slots__ = ("name", "method", "max_positions", "default_max_tokens", "max_tokens_limit", "tokenizer_json", "prompt_overhead_tokens")
     NAME_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     MAX_POSITIONS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    TOKENIZER_JSON_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_OVERHEAD_TOKENS_FIELD_NUMBER: _ClassVar[int]
     name: str
     method: str
     max_positions: int
     default_max_tokens: int
-    def __init__(self, name: _Optional[str] = ..., method: _Optional[str] = ..., max_positions: _Optional[int] = ..., default_max_tokens: _Optional[int] = ...) -> None: ...
+    max_tokens_limit: int
+    tokenizer_json: bytes
+    prompt_overhead_tokens: int
+    def __init__(self, name: _Optional[str] = ..., method: _Optional[str] = ..., max_positions: _Optional[int] = ..., default_max_tokens: _Optional[int] = ..., max_tokens_limit: _Optional[int] = ..., tokenizer_json: _Optional[bytes] = ..., prompt_overhead_tokens: _Optional[int] = ...) -> None: ...
 
 class DescribeTextResponse(_message.Message):
     __slots__ = ("models",)
