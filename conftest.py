@@ -4,6 +4,7 @@ the one Serve and delete them when done, instead of each starting a cluster (~10
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,9 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parent
+# The worker API's internal credential for everything this session starts (Ray replicas, dispatchers
+# and gateways in-process or as subprocesses inherit it): workers refuse calls without it.
+os.environ.setdefault("TESSERA_WORKER_TOKEN", "test-worker-" + os.urandom(8).hex())
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,8 @@ def serve_cluster() -> Iterator[ServeCluster]:
     # 4 logical CPUs: text, image and understanding replicas (1 CPU each) fit on the 2-core machine.
     cluster = ServeCluster(free_port(), free_port(), free_port())
     ray.init(num_cpus=4, include_dashboard=False, logging_level="warning", _metrics_export_port=cluster.metrics_port,
-             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), **lenient}})
+             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), **lenient,
+                                       "TESSERA_WORKER_TOKEN": os.environ["TESSERA_WORKER_TOKEN"]}})
     try:
         # The shipped file's proxies (every worker servicer) on free ports; modules deploy onto it.
         start_serve(serve_config.configure(grpc_port=cluster.grpc_port, http_port=cluster.http_port))

@@ -14,6 +14,13 @@ def request_seed(request_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(request_id.encode(), digest_size=8).digest(), "big") >> 1
 
 
+# Below this a temperature only divides logits into overflow (1e-38 makes every probability NaN) and
+# samples what greedy decoding picks anyway; it is refused, not clamped, so the caller learns why.
+# The gateway checks the same bound before a job is enqueued (services/gateway/validation.py).
+MIN_TEMPERATURE = 0.01
+MAX_TEMPERATURE = 10.0
+
+
 @dataclass(slots=True)
 class SamplingParams:
     temperature: float = 0.0  # 0 = greedy
@@ -22,8 +29,9 @@ class SamplingParams:
     seed: int | None = None  # seeded runs are deterministic
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.temperature <= 10.0:
-            raise ValueError(f"temperature must be in [0, 10], got {self.temperature}")
+        if not (self.temperature == 0.0 or MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE):
+            raise ValueError(f"temperature must be 0 (greedy) or in [{MIN_TEMPERATURE}, {MAX_TEMPERATURE}], "
+                             f"got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.max_tokens <= 0:

@@ -46,6 +46,13 @@ quantity = {
 }
 defs = {
     "quantity": quantity,
+    # A Kubernetes label selector ({} selects everything).
+    "labelSelector": obj({
+        "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}},
+        "matchExpressions": {"type": "array", "items": obj(
+            {"key": S(minLength=1), "operator": {"enum": ["In", "NotIn", "Exists", "DoesNotExist"]},
+             "values": {"type": "array", "items": S()}}, ["key", "operator"])},
+    }),
     "resourceList": {
         "type": "object",
         "additionalProperties": False,
@@ -290,6 +297,7 @@ schema = {
                 {
                     "rayVersion": S(pattern=r"^[0-9]+\.[0-9]+\.[0-9]+$"),
                     "enableInTreeAutoscaling": B,
+                    "tokenSecret": S(),
                     "head": obj(
                         {
                             "resources": ref("resources"),
@@ -303,7 +311,12 @@ schema = {
                         ["text", "image", "understanding"],
                     ),
                 },
-                ["rayVersion", "enableInTreeAutoscaling", "head", "apps"],
+                ["rayVersion", "enableInTreeAutoscaling", "tokenSecret", "head", "apps"],
+            ),
+            "networkPolicy": obj(
+                {"enabled": B, "operatorNamespaceSelector": ref("labelSelector"),
+                 "metricsNamespaceSelector": ref("labelSelector")},
+                ["enabled", "operatorNamespaceSelector", "metricsNamespaceSelector"],
             ),
         },
         ["image", "gateway", "dispatcher", "redis", "workers"],

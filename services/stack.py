@@ -20,6 +20,7 @@ import os
 import secrets
 import shlex
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,9 @@ from services.gateway.auth import hash_key
 from services.gateway.config import GatewayConfig
 from services.gateway.server import Gateway
 from services.queue.kinds import Service
-from services.queue.redis_server import RedisServer
+from services.queue.redis_server import FSYNC_POLICIES, RedisServer
 from services.workers import serve_config
+from services.workers.protocol import WORKER_TOKEN_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE_DEMO = "a red circle on the left and a blue square on the right"  # the shapes world's phrasing
@@ -78,10 +80,18 @@ async def run(args: argparse.Namespace) -> None:
     from services.workers.deploy import deploy, start_serve
 
     apps, images = worker_apps(args)  # validated before anything starts
+    check_ports(args, apps)
     key = dev_api_key()
-    os.environ["TESSERA_API_KEYS"] = f"dev:{hash_key(key)}"
-    redis = RedisServer(port=args.redis_port).start()
-    log.info("redis-server %s on port %d", redis.binary, redis.port)
+    # The dev key joins the keys the user configured (theirs keep working), it does not replace them.
+    configured = [k for k in os.environ.get("TESSERA_API_KEYS", "").split(",") if k.strip()]
+    dev = f"dev:{hash_key(key)}"
+    os.environ["TESSERA_API_KEYS"] = ",".join(configured + ([dev] if dev not in configured else []))
+    # The worker API's credential for this run: the replicas (Ray's runtime env), the gateway and its
+    # dispatchers (this process) share it; nothing else on the machine has it.
+    os.environ.setdefault(WORKER_TOKEN_ENV, secrets.token_urlsafe(24))
+    redis = RedisServer(port=args.redis_port, data_dir=ROOT / ".tessera" / "redis", fsync=args.redis_fsync).start()
+    log.info("redis-server %s on port %d (append-only file in %s, fsync %s)", redis.binary, redis.port, redis.dir,
+             redis.fsync)
     gateway: Gateway | None = None
     try:
         names = [a.name for a in apps.applications]
@@ -97,6 +107,7 @@ async def run(args: argparse.Namespace) -> None:
         else:
             cfg.dispatcher.services = [Service.TEXT]
         cfg.host, cfg.port, cfg.metrics_port, cfg.redis_url = args.host, args.port, args.metrics_port, redis.url
+        cfg.metrics_host = "127.0.0.1"
         cfg.dispatcher.worker_address = f"127.0.0.1:{apps.grpc_options.port}"
         gateway = Gateway(cfg)
         port = await gateway.start()
@@ -117,6 +128,29 @@ async def run(args: argparse.Namespace) -> None:
 
             ray.shutdown()
         redis.stop()
+
+
+def check_ports(args: argparse.Namespace, apps: ServeDeploySchema) -> None:
+    """Fail before starting anything when a port this run needs is taken (by another `make run`, say):
+    Serve's proxy binds its port with SO_REUSEPORT and would share it without a word."""
+    wanted = {"gateway (--port)": (args.host, args.port), "metrics (--metrics-port)": ("127.0.0.1", args.metrics_port),
+              "worker gRPC proxy (--worker-port)": ("0.0.0.0", apps.grpc_options.port),
+              "Serve HTTP proxy (--http-port)": (apps.http_options.host, apps.http_options.port)}
+    if args.redis_port:
+        wanted["redis (--redis-port)"] = ("127.0.0.1", args.redis_port)
+    busy = [f"{what} port {port}" for what, (host, port) in wanted.items() if port and not port_free(host, port)]
+    if busy:
+        raise SystemExit("cannot start: " + ", ".join(busy) + " already in use (is another `make run` up? stop it, "
+                         "or pick other ports: python -m services.stack --help)")
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def banner(args: argparse.Namespace, port: int, key: str, redis_url: str, images: bool, worker_port: int) -> str:
@@ -141,6 +175,8 @@ def main() -> None:
     ap.add_argument("--http-port", type=int, default=None, help="default: the Serve config's http_options.port")
     ap.add_argument("--metrics-port", type=int, default=9464)
     ap.add_argument("--redis-port", type=int, default=0, help="0 = a free port")
+    ap.add_argument("--redis-fsync", choices=FSYNC_POLICIES, default="everysec",
+                    help="append-only file fsync policy (always: no acknowledged job lost even on a crash)")
     ap.add_argument("--serve-config", default=str(serve_config.DEFAULT_PATH),
                     help="the worker apps' Serve config (the file `serve run` and a RayService take)")
     ap.add_argument("--gateway-config", default=str(ROOT / "services/gateway/config.yaml"))

@@ -46,5 +46,5 @@ class Metrics:
                                            ["model"], buckets=_LATENCY, registry=r)
         self.redis_up = Gauge("tessera_redis_up", "1 when the job store answered the last poll", registry=r)
 
-    def serve(self, port: int, host: str = "0.0.0.0") -> None:
+    def serve(self, port: int, host: str = "127.0.0.1") -> None:
         start_http_server(port, addr=host, registry=self.registry)

@@ -9,20 +9,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 
+from services.common import logs
 from services.common.metrics import Metrics
 from services.dispatcher.config import DispatcherProcessConfig
 from services.dispatcher.dispatcher import dispatch_all
 from services.queue.jobstore import JobStore
 
 
-async def _run(cfg: DispatcherProcessConfig, metrics_port: int, grace_s: float) -> None:
+async def _run(cfg: DispatcherProcessConfig, metrics_port: int, metrics_host: str, grace_s: float) -> None:
     store = JobStore.from_url(cfg.redis_url, prefix=cfg.key_prefix, ttl_s=cfg.job_ttl_s)
     metrics = Metrics()
     if metrics_port:
-        metrics.serve(metrics_port)
+        metrics.serve(metrics_port, metrics_host)
     # SIGTERM (a scale-in, a rollout) drains: running jobs get grace_s to finish, the rest are handed
     # back to the other dispatchers at once.
     stop = asyncio.Event()
@@ -38,11 +38,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--config", help="YAML file (default: built-in defaults; see services/dispatcher/config.yaml)")
     ap.add_argument("--metrics-port", type=int, default=0)
+    ap.add_argument("--metrics-host", default="127.0.0.1", help="0.0.0.0 where Prometheus scrapes from elsewhere")
     ap.add_argument("--grace-s", type=float, default=20.0,
                     help="on SIGTERM, seconds running jobs get to finish before they are handed back")
+    ap.add_argument("--log-format", choices=("json", "text"), default="json",
+                    help="json: one object per line with job_id / request_id / call_id fields (default)")
     args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(_run(DispatcherProcessConfig.load(args.config), args.metrics_port, args.grace_s))
+    logs.setup(args.log_format)
+    asyncio.run(_run(DispatcherProcessConfig.load(args.config), args.metrics_port, args.metrics_host, args.grace_s))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,11 @@ does per kind of job lives in `runners.py`.
 - Heartbeats its pending entries (XCLAIM JUSTID resets their idle time); another dispatcher
   reclaims entries idle longer than `claim_idle_ms` (XAUTOCLAIM) and resumes the job, skipping
   the tokens (or image patches) already streamed (the gateway fixed the seed, so every attempt
-  yields the same output). Jobs that exhaust `max_attempts` go to the dead-letter stream.
+  yields the same output). Reclaim comes before intake: whenever a slot is free and a reclaim
+  period (claim_idle_ms / 3) has passed since the last look, taken-over jobs fill it first, so a
+  dead dispatcher's jobs resume within claim_idle_ms + one period even under full load (new jobs
+  would otherwise refill every slot first and starve them). Jobs that exhaust `max_attempts` go
+  to the dead-letter stream.
 - Cancellation (pub/sub) and deadlines cancel the worker call, which stops the decoding loop.
 """
 
@@ -23,12 +27,14 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass, field
 
 import grpc
 import redis.asyncio as aioredis
 
 from services.common.aio import cancel_all
+from services.common.logs import event
 from services.common.metrics import Metrics
 from services.dispatcher.config import DispatcherConfig
 from services.dispatcher.runners import RUNNERS, Attempt
@@ -58,6 +64,7 @@ class Dispatcher:
     running: dict[str, _Running] = field(default_factory=dict)
     _slot_free: asyncio.Event = field(default_factory=asyncio.Event)
     _loops: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    _next: dict[str, tuple[str, dict[bytes, bytes]]] = field(default_factory=dict)  # see _launch
 
     def __post_init__(self) -> None:
         self.service = Service(self.service)  # a name no service has fails here, not at the first job
@@ -65,7 +72,6 @@ class Dispatcher:
     async def run(self) -> None:
         """Dispatch until cancelled; survives Redis outages (retries with backoff)."""
         self._loops = {"consume": asyncio.create_task(self._consume()),
-                       "reclaim": asyncio.create_task(self._reclaim_loop()),
                        "heartbeat": asyncio.create_task(self._heartbeat_loop()),
                        "cancel": asyncio.create_task(self._cancel_listener())}
         try:
@@ -82,7 +88,7 @@ class Dispatcher:
         finish for up to `grace_s` (still heartbeating them), then stop the rest and hand their queue
         entries back, so another dispatcher resumes them at its next reclaim instead of after
         claim_idle_ms. Returns how many were handed back."""
-        for name in ("consume", "reclaim", "cancel"):
+        for name in ("consume", "cancel"):
             self._loops[name].cancel()
         if self.running and grace_s > 0:
             await asyncio.wait([r.task for r in self.running.values()], timeout=grace_s)
@@ -102,6 +108,8 @@ class Dispatcher:
     async def _consume(self) -> None:
         backoff = 0.1
         conn = self.store.blocking_connection()  # this consumer's own: its reads block
+        next_reclaim = 0.0  # monotonic time of the next look for jobs of dead dispatchers
+        period = self.cfg.claim_idle_ms / 3000
         try:
             while True:
                 try:
@@ -112,8 +120,17 @@ class Dispatcher:
                             self._slot_free.clear()
                             await self._slot_free.wait()
                             continue
-                        for eid, fields in await self.store.read_queue(self.service, self.name, free,
-                                                                       min(1000, self.store.block_ms), conn):
+                        if time.monotonic() >= next_reclaim:  # taken-over jobs before new ones
+                            next_reclaim = time.monotonic() + period
+                            free -= self._reclaim(await self.store.autoclaim(
+                                self.service, self.name, self.cfg.claim_idle_ms, free))
+                            if free <= 0:
+                                continue
+                        # Blocks at most until the next reclaim is due, so an idle dispatcher still looks.
+                        block_ms = max(1, min(1000, self.store.block_ms,
+                                              int((next_reclaim - time.monotonic()) * 1000)))
+                        for eid, fields in await self.store.read_queue(self.service, self.name, free, block_ms,
+                                                                       conn):
                             self._launch(eid, fields[b"job_id"].decode(), fields)
                         backoff = 0.1
                 except _REDIS_DOWN as e:
@@ -126,8 +143,18 @@ class Dispatcher:
             if conn is not None:
                 await conn.aclose()
 
+    def _reclaim(self, entries: list[tuple[str, dict[bytes, bytes]]]) -> int:
+        """Resume jobs taken over from dead dispatchers; returns how many were launched."""
+        for eid, fields in entries:
+            log.warning("dispatcher %s: reclaimed job %s", self.name, fields[b"job_id"].decode())
+            self._launch(eid, fields[b"job_id"].decode())
+        return len(entries)
+
     def _launch(self, entry_id: str, job_id: str, fields: dict[bytes, bytes] | None = None) -> None:
         if job_id in self.running:
+            # The job's next entry (a retry requeues it) read while its previous attempt is still winding
+            # down: start it when that one ends. Dropped, it would sit pending until a reclaim found it.
+            self._next[job_id] = (entry_id, fields or {})
             return
         task = asyncio.create_task(self._process(entry_id, job_id, fields or {}))
         self.running[job_id] = _Running(task, entry_id)
@@ -136,6 +163,8 @@ class Dispatcher:
 
     def _forget(self, job_id: str) -> None:
         self.running.pop(job_id, None)
+        if (nxt := self._next.pop(job_id, None)) is not None:
+            self._launch(nxt[0], job_id, nxt[1])
         self._slot_free.set()
         self.metrics.in_flight.labels(self.service).set(len(self.running))
 
@@ -187,8 +216,11 @@ class Dispatcher:
             await self.store.done(self.service, entry_id)
             return
         if attempt > self.cfg.max_attempts:
+            cause = f"; the last: {rec.last_error}" if rec.last_error else ""
             await self.store.fail(job_id, grpc.StatusCode.ABORTED.value[0],
-                                  f"job failed after {self.cfg.max_attempts} dispatch attempts")
+                                  f"job failed after {self.cfg.max_attempts} dispatch attempts{cause}")
+            event(log, "job.dead_lettered", logging.WARNING, job_id=job_id, request_id=rec.request_id,
+                  attempts=attempt - 1, cause=rec.last_error)
             await self.store.dead_letter(self.service, entry_id, job_id, f"attempts exhausted ({attempt - 1})")
             self.metrics.dead_letters.labels(self.service).inc()
             self.metrics.jobs.labels(self.service, "FAILED").inc()
@@ -211,14 +243,16 @@ class Dispatcher:
             await self._end_failed(job_id, attempt, grpc.StatusCode.INVALID_ARGUMENT,
                                    f"a {name} job cannot run on the {self.service} queue", entry_id)
             return
-        outcome = await runner(Attempt(self.store, self.metrics, self.worker, self.service, job_id, attempt, rec,
-                                       timeout, entry_id, self.cfg.chunk_linger_ms / 1000,
-                                       early.stream if early is not None else None, call_id))
-        if outcome == "retry":
-            log.warning("job %s attempt %d: %s worker unavailable; retrying", job_id, attempt, self.service)
+        a = Attempt(self.store, self.metrics, self.worker, self.service, job_id, attempt, rec, timeout, entry_id,
+                    self.cfg.chunk_linger_ms / 1000, early.stream if early is not None else None, call_id)
+        outcome = await runner(a)
+        event(log, f"job.attempt_{outcome}", logging.WARNING if outcome == "retry" else logging.INFO,
+              job_id=job_id, request_id=rec.request_id, call_id=call_id, attempt=attempt, service=self.service,
+              cause=a.error)
         if outcome in ("ok", "failed"):  # the final write retired the queue entry too
             return
         if outcome == "retry":
+            await self.store.note_error(job_id, attempt, a.error)  # the job's final error names it
             await asyncio.sleep(self.cfg.retry_backoff_ms / 1000)
             await self.store.requeue(self.service, job_id)
         elif outcome == "gone":
@@ -243,20 +277,6 @@ class Dispatcher:
             if ids:
                 with contextlib.suppress(*_REDIS_DOWN, aioredis.ResponseError):
                     await self.store.heartbeat(self.service, self.name, ids)
-
-    async def _reclaim_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.cfg.claim_idle_ms / 3000)
-            free = self.cfg.max_in_flight - len(self.running)
-            if free <= 0:
-                continue
-            try:
-                entries = await self.store.autoclaim(self.service, self.name, self.cfg.claim_idle_ms, free)
-            except (*_REDIS_DOWN, aioredis.ResponseError):
-                continue
-            for eid, fields in entries:
-                log.warning("dispatcher %s: reclaimed job %s", self.name, fields[b"job_id"].decode())
-                self._launch(eid, fields[b"job_id"].decode())
 
     async def _cancel_listener(self) -> None:
         while True:

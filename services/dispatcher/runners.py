@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 
 from services.common.metrics import Metrics
+from services.common.redact import redact
 from services.dispatcher.worker_client import WorkerClient, WorkerError
 from services.queue.jobstore import JobRecord, JobStore, event_bytes
 from services.queue.kinds import JobKind
@@ -104,6 +105,7 @@ class Attempt:
     linger_s: float = 0.0  # see _ChunkWriter
     started: AsyncIterator[Any] | None = None  # the worker call, if the dispatcher already made it
     call_id: str = ""  # the worker call's id, recorded by the claim (new calls carry it)
+    error: str = ""  # why a "retry" outcome failed (kept for the job's final error)
 
     @property
     def created(self) -> float:
@@ -136,8 +138,9 @@ async def _guarded(a: Attempt, body: Callable[[], Awaitable[str]]) -> str:
         return await body()
     except WorkerError as e:
         if e.retryable:
+            a.error = f"{e.code.name}: {redact(e.reason)}"
             return "retry"
-        await a.fail(e.code, e.message)
+        await a.fail(e.code, redact(e.reason))
         return "failed"
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 
-from services.workers.protocol import CALL_ID_METADATA
+from services.workers.protocol import CALL_ID_METADATA, WORKER_FAILURE_PREFIX, token_metadata
 from tessera.v1 import images_pb2, text_pb2, understanding_pb2
 from tessera.worker.v1 import worker_pb2, worker_pb2_grpc
 
@@ -26,7 +26,9 @@ CANCEL_TIMEOUT_S = 5.0
 # Codes with which the caller's side ended a call, not the worker: it may still be running there.
 _ENDED_BY_CALLER = {grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED}
 
-# Worker failures worth another attempt on another replica: the rest are the request's fault.
+# Worker failures worth another attempt on another replica: the replica or the transport failed
+# (Serve answers INTERNAL when a replica dies mid-call). The rest are the request's fault, and so is an
+# INTERNAL the worker marked as its engine's failure on this request (WORKER_FAILURE_PREFIX).
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL,
              grpc.StatusCode.UNKNOWN, grpc.StatusCode.ABORTED}
 
@@ -42,7 +44,12 @@ class WorkerError(Exception):
 
     @property
     def retryable(self) -> bool:
-        return self.code in RETRYABLE
+        return self.code in RETRYABLE and not self.message.startswith(WORKER_FAILURE_PREFIX)
+
+    @property
+    def reason(self) -> str:
+        """What a client may read: the worker's own message without its mark."""
+        return self.message.removeprefix(WORKER_FAILURE_PREFIX)
 
 
 @dataclass(slots=True)
@@ -59,6 +66,8 @@ class WorkerClient:
 
     def __init__(self, address: str, application: str) -> None:
         self.address, self.application = address, application
+        # Serve's proxy picks the app by `application`; the token is the worker API's credential.
+        self._metadata = (("application", application), *token_metadata())
         self.channel = grpc.aio.insecure_channel(address, options=[
             ("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)])
         self.text = worker_pb2_grpc.TextWorkerServiceStub(self.channel)
@@ -119,7 +128,16 @@ class WorkerClient:
 
     @property
     def _md(self) -> tuple[tuple[str, str], ...]:
-        return (("application", self.application),)
+        return self._metadata
+
+    async def describe_text(self, timeout: float) -> worker_pb2.DescribeTextResponse:
+        """The text app's models and limits (TextWorkerService.DescribeText)."""
+        return await self.text.DescribeText(worker_pb2.DescribeTextRequest(), timeout=timeout, metadata=self._md)
+
+    async def count_tokens(self, model: str, prompt: str, timeout: float) -> worker_pb2.CountTokensResponse:
+        """Positions a prompt takes in the text app's prompt format (TextWorkerService.CountTokens)."""
+        return await self.text.CountTokens(worker_pb2.CountTokensRequest(model=model, prompt=prompt),
+                                           timeout=timeout, metadata=self._md)
 
     def start_generate(self, job_id: str, req: text_pb2.TextRequest, skip_tokens: int,
                        timeout: float | None, call_id: str = "") -> StartedCall:

@@ -77,6 +77,7 @@ class GatewayConfig:
     host: str = "127.0.0.1"
     port: int = 50051
     metrics_port: int = 9464  # 0 = no metrics HTTP server
+    metrics_host: str = "127.0.0.1"  # 0.0.0.0 where Prometheus scrapes from another host (the chart sets it)
     redis_url: str = "redis://127.0.0.1:6379/0"
     key_prefix: str = "tessera:"
     job_ttl_s: int = 86400

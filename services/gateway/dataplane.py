@@ -8,7 +8,9 @@ on the next call, so the gateway recovers as soon as Redis is back.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -17,9 +19,12 @@ import grpc
 import redis.asyncio as aioredis
 from google.rpc import status_pb2
 
+from services.common.logs import event
 from services.common.metrics import Metrics
+from services.gateway.catalog import Catalog
 from services.gateway.completions import Completions
 from services.gateway.config import GatewayConfig
+from services.gateway.requests import current_request_id
 from services.gateway.rpc_errors import RpcError, status_code_of, unavailable
 from services.gateway.validation import (
     check,
@@ -29,11 +34,12 @@ from services.gateway.validation import (
     image_request_violations,
     understanding_violations,
 )
-from services.queue.jobstore import TERMINAL, JobStore, new_job_id, now_ms
+from services.queue.jobstore import TERMINAL, EventIdAfterEnd, JobStore, new_job_id, now_ms
 from services.queue.kinds import JobKind
 from tessera.v1 import jobs_pb2
 
 T = TypeVar("T")
+log = logging.getLogger("tessera.gateway")
 _REDIS_ERRORS = (aioredis.ConnectionError, aioredis.TimeoutError, ConnectionError, OSError)
 
 
@@ -70,8 +76,10 @@ async def guarded(op: Callable[[], Awaitable[T]]) -> T:
 
 class DataPlane:
     def __init__(self, cfg: GatewayConfig, store: JobStore, metrics: Metrics,
-                 completions: Completions | None = None) -> None:
+                 completions: Completions | None = None, catalog: Catalog | None = None) -> None:
         self.cfg, self.store, self.metrics, self.completions = cfg, store, metrics, completions
+        self.catalog = catalog
+        self.stopping = False  # set when the gateway shuts down: closed calls then leave their jobs running
 
     def _prepare(self, kind: JobKind, spec: jobs_pb2.JobSpec, field: str) -> jobs_pb2.JobSpec:
         """Validate a spec (field violations name `field`) and fix what every attempt must agree on:
@@ -106,12 +114,18 @@ class DataPlane:
         field = field or f"spec.{kind}"
         spec = (await asyncio.to_thread(self._prepare, kind, spec, field) if RULES[kind].in_thread
                 else self._prepare(kind, spec, field))
+        if kind is JobKind.TEXT and self.catalog is not None:  # token limits, as the worker counts them
+            req = spec.text
+            check(await self.catalog.text_violations(req.model, req.prompt, req.params.max_tokens, field))
         service = kind.service
         deadline_ms = now_ms() + int(deadline_s * 1000) if deadline_s else 0
+        request_id = current_request_id()
         job_id, created = await guarded(lambda: self.store.submit(owner, service, spec, idempotency_key, deadline_ms,
-                                                                  job_id, notify))
+                                                                  job_id, notify, request_id))
         if created:
             self.metrics.submitted.labels(service).inc()
+        event(log, "job.submitted" if created else "job.resubmitted", job_id=job_id, request_id=request_id,
+              owner=owner, kind=kind.value, idempotency_key=idempotency_key)
         return job_id, created
 
     async def submit_and_wait(self, owner: str, spec: jobs_pb2.JobSpec, idempotency_key: str = "",
@@ -170,6 +184,9 @@ class DataPlane:
                 _, ev = await it.__anext__()
             except StopAsyncIteration:
                 return
+            except EventIdAfterEnd as e:
+                raise RpcError(grpc.StatusCode.OUT_OF_RANGE, "after_event_id is after the job's last event",
+                               violations=[("after_event_id", str(e))]) from e
             except _REDIS_ERRORS as e:
                 raise unavailable("the job queue (Redis)", e) from e
             yield ev
@@ -185,10 +202,10 @@ class DataPlane:
         if not 0 <= page_size <= 100:
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "page_size must be in [0, 100]",
                            violations=[("page_size", "must be in [0, 100] (0 = 20)")])
-        try:
-            offset = int(page_token or 0)
-        except ValueError:
-            offset = -1
+        # Tokens are offsets this gateway handed out: at most 9 ASCII digits (an owner's jobs expire long
+        # before 10^9 of them), so nothing else reaches Redis as a range bound.
+        token = page_token or "0"
+        offset = int(token) if re.fullmatch(r"[0-9]{1,9}", token, re.ASCII) else -1
         if offset < 0:
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "bad page_token",
                            violations=[("page_token", "must come from a previous ListJobs response")])
@@ -202,9 +219,12 @@ class DataPlane:
         return jobs, (str(offset + size) if len(ids) > size else "")
 
 
+_STREAM_ID = re.compile(r"[0-9]{1,20}(-[0-9]{1,20})?", re.ASCII)
+
+
 def _valid_stream_id(s: str) -> bool:
-    a, _, b = s.partition("-")
-    return a.isdigit() and (b == "" or b.isdigit())
+    """A Redis stream id: both parts are unsigned 64-bit numbers (Redis refuses anything else)."""
+    return _STREAM_ID.fullmatch(s) is not None and all(int(p) < 1 << 64 for p in s.split("-"))
 
 
 def error_from_status(st: status_pb2.Status) -> RpcError:

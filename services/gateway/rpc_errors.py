@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import logging
+
 import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+log = logging.getLogger("tessera.gateway")
 DOMAIN = "tessera.ai"
+MAX_MESSAGE_CHARS = 1024
+MAX_VIOLATION_CHARS = 300
+MAX_VIOLATIONS = 20
+
+
+def clip(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, saying so."""
+    return text if len(text) <= limit else text[: limit - 15] + "... (truncated)"
 
 
 class RpcError(Exception):
@@ -15,9 +26,12 @@ class RpcError(Exception):
 
     def __init__(self, code: grpc.StatusCode, message: str, *, reason: str = "",
                  violations: list[tuple[str, str]] | None = None, retry_after_s: float | None = None) -> None:
+        # Bounded: messages echo what the caller sent (a 10 KB model name), and trailers over gRPC's
+        # metadata limit would turn this status into RESOURCE_EXHAUSTED on the client.
+        message = clip(message, MAX_MESSAGE_CHARS)
         super().__init__(message)
         self.code, self.message, self.reason = code, message, reason
-        self.violations = violations or []
+        self.violations = [(clip(f, 128), clip(d, MAX_VIOLATION_CHARS)) for f, d in (violations or [])[:MAX_VIOLATIONS]]
         self.retry_after_s = retry_after_s
 
     def to_status(self) -> status_pb2.Status:
@@ -42,18 +56,24 @@ def _pack(msg: object) -> any_pb2.Any:
 
 
 def invalid_argument(violations: list[tuple[str, str]]) -> RpcError:
-    summary = "; ".join(f"{f}: {d}" for f, d in violations)
+    summary = "; ".join(f"{f}: {clip(d, 120)}" for f, d in violations)
     return RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid request: {summary}", reason="INVALID_REQUEST",
                     violations=violations)
 
 
 def unavailable(what: str, err: BaseException) -> RpcError:
-    return RpcError(grpc.StatusCode.UNAVAILABLE, f"{what} is unavailable ({type(err).__name__}: {err}); retry later",
+    """UNAVAILABLE naming the part that is down, never its address or error text (Redis's messages
+    carry host:port); the cause goes to the gateway's log."""
+    log.warning("%s unavailable: %s: %s", what, type(err).__name__, err)
+    return RpcError(grpc.StatusCode.UNAVAILABLE, f"{what} is unavailable; retry later",
                     reason="BACKEND_UNAVAILABLE", retry_after_s=1.0)
 
 
 async def abort(context: grpc.aio.ServicerContext, err: RpcError) -> None:
-    await context.abort_with_status(rpc_status.to_status(err.to_status()))
+    """End the call with `err`'s status and details; trailers set earlier (x-request-id) are kept."""
+    status = rpc_status.to_status(err.to_status())
+    kept = tuple((k, v) for k, v in context.trailing_metadata() or () if k != "grpc-status-details-bin")
+    await context.abort(status.code, status.details, (*kept, *status.trailing_metadata))
 
 
 def status_code_of(code: int) -> grpc.StatusCode:

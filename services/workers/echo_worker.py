@@ -10,8 +10,11 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from services.workers.protocol import call_id_of
+from services.workers.protocol import WORKER_FAILURE_PREFIX, call_id_of
 from tessera.worker.v1 import worker_pb2, worker_pb2_grpc
+
+ECHO_POSITIONS = 256
+ECHO_PROMPT_OVERHEAD = 2  # as if a template wrapped every prompt in two tokens
 
 
 class EchoTextWorker(worker_pb2_grpc.TextWorkerServiceServicer, worker_pb2_grpc.WorkerControlServiceServicer):
@@ -22,14 +25,21 @@ class EchoTextWorker(worker_pb2_grpc.TextWorkerServiceServicer, worker_pb2_grpc.
         self.skips: dict[str, int] = {}
         self.call_ids: dict[str, list[str]] = {}  # job id -> call ids (tessera-call-id metadata), in order
         self.cancel_requests: list[tuple[str, str]] = []  # (call id, job id) of each CancelCall
+        self.counted = 0  # CountTokens calls
 
     async def GenerateText(self, request: worker_pb2.GenerateTextRequest,
                            context: grpc.aio.ServicerContext) -> AsyncIterator[worker_pb2.GenerateTextResponse]:
         self.started.append(request.job_id)
         self.skips[request.job_id] = request.skip_tokens
         self.call_ids.setdefault(request.job_id, []).append(call_id_of(context.invocation_metadata()))
+        # Scripted failures, as a real worker fails: a refused request, its engine failing on it (marked,
+        # not worth a retry), a replica dying mid-call (Serve's unmarked INTERNAL, worth one).
         if request.prompt.startswith("!fail:"):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.prompt[6:])
+        if request.prompt.startswith("!modelfail:"):
+            await context.abort(grpc.StatusCode.INTERNAL, WORKER_FAILURE_PREFIX + request.prompt[11:])
+        if request.prompt.startswith("!crash:"):
+            await context.abort(grpc.StatusCode.INTERNAL, f"replica died at ipv4:10.0.0.7:9000 ({request.prompt[7:]})")
         words = request.prompt.split()
         limit = request.max_tokens or len(words)
         words = words[:limit]
@@ -55,7 +65,15 @@ class EchoTextWorker(worker_pb2_grpc.TextWorkerServiceServicer, worker_pb2_grpc.
 
     async def DescribeText(self, request: worker_pb2.DescribeTextRequest,
                            context: grpc.aio.ServicerContext) -> worker_pb2.DescribeTextResponse:
-        return worker_pb2.DescribeTextResponse(models=[worker_pb2.TextModelInfo(name="echo", method="echo")])
+        return worker_pb2.DescribeTextResponse(models=[worker_pb2.TextModelInfo(
+            name="echo", method="echo", max_positions=ECHO_POSITIONS, default_max_tokens=16,
+            max_tokens_limit=ECHO_POSITIONS - 1, prompt_overhead_tokens=ECHO_PROMPT_OVERHEAD)])
+
+    async def CountTokens(self, request: worker_pb2.CountTokensRequest,
+                          context: grpc.aio.ServicerContext) -> worker_pb2.CountTokensResponse:
+        # One token per word, like the echo itself, inside a two-token "template".
+        self.counted += 1
+        return worker_pb2.CountTokensResponse(prompt_tokens=len(request.prompt.split()) + ECHO_PROMPT_OVERHEAD)
 
 
 async def start_echo_worker(port: int = 0, delay_s: float = 0.0) -> tuple[grpc.aio.Server, int, EchoTextWorker]:

@@ -24,7 +24,14 @@ from services.workers.cancellation import CallRegistry
 from services.workers.config import AppArgs
 from services.workers.family import Family, ReplicaLimits
 from services.workers.metrics import StreamObserver, WorkerMetrics
-from services.workers.protocol import InvalidRequestError, WorkerEngine, call_id_of
+from services.workers.protocol import (
+    WORKER_FAILURE_PREFIX,
+    InvalidRequestError,
+    WorkerEngine,
+    call_id_of,
+    check_token,
+    require_token,
+)
 from tessera.worker.v1 import worker_pb2 as pb
 
 Context = RayServegRPCContext | None
@@ -32,6 +39,21 @@ Context = RayServegRPCContext | None
 
 class _Unimplemented(Exception):
     pass
+
+
+def _set_failure(grpc_context: RayServegRPCContext, e: Exception) -> None:
+    """The status of an engine failure: RESOURCE_EXHAUSTED for memory (another replica may have it,
+    so the dispatcher retries), else INTERNAL marked as the worker's own (the dispatcher ends the job
+    with this reason instead of retrying a request that fails the same way everywhere). The message
+    names the error, never a traceback."""
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError
+        grpc_context.set_code(grpc.StatusCode.RESOURCE_EXHAUSTED)
+        grpc_context.set_details(f"the replica ran out of memory ({type(e).__name__})")
+        return
+    reason = str(e).splitlines()[0][:300] if str(e) else ""
+    grpc_context.set_code(grpc.StatusCode.INTERNAL)
+    grpc_context.set_details(f"{WORKER_FAILURE_PREFIX}the model failed on this request ({type(e).__name__}"
+                             f"{': ' + reason if reason else ''})")
 
 
 def replica_limits(default_max_ongoing: int = 4) -> ReplicaLimits:
@@ -64,6 +86,7 @@ class WorkerServer:
         self.metrics = WorkerMetrics(self.args.model.name)
         self.calls = CallRegistry()
         self.calls.start()
+        self.token = require_token()
 
     # --- the worker RPCs, named exactly like the protos' methods: Serve routes by name ---------------
 
@@ -75,6 +98,10 @@ class WorkerServer:
     async def DescribeText(self, request: pb.DescribeTextRequest, grpc_context: Context = None,
                            ) -> pb.DescribeTextResponse:
         return await self._unary("DescribeText", request, grpc_context)
+
+    async def CountTokens(self, request: pb.CountTokensRequest, grpc_context: Context = None,
+                          ) -> pb.CountTokensResponse:
+        return await self._unary("CountTokens", request, grpc_context)
 
     async def GenerateImage(self, request: pb.GenerateImageRequest, grpc_context: Context = None,
                             ) -> AsyncIterator[pb.GenerateImageResponse]:
@@ -92,6 +119,7 @@ class WorkerServer:
             yield msg
 
     async def CancelCall(self, request: pb.CancelCallRequest, grpc_context: Context = None) -> pb.CancelCallResponse:
+        self._authorize("CancelCall", grpc_context)
         return pb.CancelCallResponse(cancelled_here=await self.calls.cancel(request.call_id, request.job_id))
 
     # --- Serve's replica hooks and handle-only diagnostics -----------------------------------------
@@ -113,7 +141,16 @@ class WorkerServer:
 
     # --- shared plumbing ----------------------------------------------------------------------------
 
+    def _authorize(self, method: str, grpc_context: Context) -> None:
+        """Refuse a gRPC call without the internal credential (handle calls have no grpc_context)."""
+        if grpc_context is not None and not check_token(self.token, grpc_context.invocation_metadata()):
+            grpc_context.set_code(grpc.StatusCode.UNAUTHENTICATED)
+            grpc_context.set_details("the worker API takes calls from Tessera's gateway and dispatchers only")
+            self.metrics.errors.inc(tags={"method": method, "code": "unauthenticated"})
+            raise PermissionError("worker call without the internal credential")
+
     def _rpc(self, method: str, grpc_context: Context) -> Any:
+        self._authorize(method, grpc_context)
         rpc = self.family.rpcs.get(method)
         if rpc is None:
             if grpc_context is not None:
@@ -158,8 +195,10 @@ class WorkerServer:
         except (asyncio.CancelledError, GeneratorExit):
             code = "cancelled"
             raise
-        except Exception:
+        except Exception as e:
             code = "internal"
+            if grpc_context is not None:
+                _set_failure(grpc_context, e)
             raise
         finally:
             self.metrics.latency.observe(time.perf_counter() - started, tags={"method": method})

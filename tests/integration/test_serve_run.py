@@ -26,8 +26,11 @@ from PIL import Image
 from services.queue.redis_server import free_port
 from services.workers import serve_config
 from services.workers.config import REPO_ROOT
+from services.workers.protocol import WORKER_TOKEN_METADATA, token_metadata
 from tessera.worker.v1 import worker_pb2_grpc
 from tessera.worker.v1.worker_pb2 import (
+    CancelCallRequest,
+    CountTokensRequest,
     DescribeTextRequest,
     GenerateImageRequest,
     GenerateTextRequest,
@@ -39,7 +42,7 @@ SERVE = Path(sys.executable).with_name("serve")
 
 
 def md(app: str) -> tuple[tuple[str, str]]:
-    return (("application", app),)
+    return (("application", app), *token_metadata())
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +120,25 @@ def test_an_rpc_of_another_family_is_unimplemented_with_the_reason(proxy: grpc.C
         list(text_on_image_app.GenerateText(GenerateTextRequest(prompt="hi"), metadata=md("image"), timeout=30))
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert "'image' worker app does not serve GenerateText" in (err.value.details() or "")
+
+
+def test_every_worker_method_refuses_calls_without_the_internal_credential(proxy: grpc.Channel) -> None:
+    """The worker API is for the gateway and dispatchers: no token (or a wrong one), no call — streaming,
+    unary and CancelCall alike; with it, CountTokens counts as GenerateText will."""
+    text = worker_pb2_grpc.TextWorkerServiceStub(proxy)
+    control = worker_pb2_grpc.WorkerControlServiceStub(proxy)
+    for bad in ((("application", "text"),), (("application", "text"), (WORKER_TOKEN_METADATA, "guess"))):
+        calls = (lambda md=bad: list(text.GenerateText(GenerateTextRequest(prompt="hi"), metadata=md, timeout=30)),
+                 lambda md=bad: text.DescribeText(DescribeTextRequest(), metadata=md, timeout=30),
+                 lambda md=bad: text.CountTokens(CountTokensRequest(prompt="hi"), metadata=md, timeout=30),
+                 lambda md=bad: control.CancelCall(CancelCallRequest(call_id="x"), metadata=md, timeout=30))
+        for call in calls:
+            with pytest.raises(grpc.RpcError) as err:
+                call()
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert "gateway and dispatchers only" in err.value.details()
+    described = text.DescribeText(DescribeTextRequest(), metadata=md("text"), timeout=30).models[0]
+    n = text.CountTokens(CountTokensRequest(prompt="What is 2+3?"), metadata=md("text"), timeout=30).prompt_tokens
+    assert described.prompt_overhead_tokens < n < described.max_positions
+    longer = text.CountTokens(CountTokensRequest(prompt="What is 2+3? " * 4), metadata=md("text"), timeout=30)
+    assert longer.prompt_tokens > n

@@ -25,6 +25,7 @@ import yaml
 
 from services.workers import serve_config
 from services.workers.config import REPO_ROOT
+from services.workers.protocol import token_metadata
 from tests.k8s.validate import validate_builtin, validate_custom
 
 HELM = Path(sys.executable).with_name("helm")
@@ -134,8 +135,46 @@ def test_autoscalers_own_the_replicas_they_scale(tmp_path: Path) -> None:
     assert not [d for d in off if d["kind"] in ("HorizontalPodAutoscaler", "ScaledObject")]
 
 
+def test_worker_api_is_closed_to_all_but_the_gateway_and_dispatchers(tmp_path: Path) -> None:
+    docs = render({}, tmp_path)
+    ray = one(docs, "RayService", "t-tessera-workers")["spec"]["rayClusterConfig"]
+    containers = {"gateway": one(docs, "Deployment", "t-tessera-gateway")["spec"]["template"]["spec"]["containers"][0],
+                  "dispatcher": one(docs, "Deployment", "t-tessera-dispatcher")["spec"]["template"]["spec"]
+                  ["containers"][0],
+                  "head": ray["headGroupSpec"]["template"]["spec"]["containers"][0],
+                  **{g["groupName"]: g["template"]["spec"]["containers"][0] for g in ray["workerGroupSpecs"]}}
+    # Every side of the worker API takes the same credential from the same (generated) Secret.
+    for name, c in containers.items():
+        token = [e for e in c["env"] if e["name"] == "TESSERA_WORKER_TOKEN"]
+        assert token == [{"name": "TESSERA_WORKER_TOKEN", "valueFrom": {"secretKeyRef": {
+            "name": "t-tessera-worker-token", "key": "token"}}}], name
+    assert len(one(docs, "Secret", "t-tessera-worker-token")["data"]["token"]) >= 40
+    gateway_env = {e["name"]: e.get("value") for e in containers["gateway"]["env"]}
+    dispatcher_cfg = yaml.safe_load(one(docs, "ConfigMap", "t-tessera-dispatcher")["data"]["dispatcher.yaml"])
+    assert gateway_env["TESSERA_WORKER_ADDRESS"] == dispatcher_cfg["dispatcher"]["worker_address"]
+    # Serve's gRPC port admits the gateway and dispatchers only; Redis likewise.
+    workers = one(docs, "NetworkPolicy", "t-tessera-workers")["spec"]
+    grpc_port = yaml.safe_load(ray_serve_config(docs))["grpc_options"]["port"]
+    callers = [r for r in workers["ingress"] if r.get("ports") == [{"port": grpc_port, "protocol": "TCP"}]]
+    assert len(callers) == 1
+    assert callers[0]["from"][0]["podSelector"]["matchExpressions"][1]["values"] == ["gateway", "dispatcher"]
+    assert all(r.get("ports") for r in workers["ingress"][1:])  # only Ray's own pods get every port
+    redis = one(docs, "NetworkPolicy", "t-tessera-redis")["spec"]["ingress"]
+    assert redis[0]["ports"] == [{"port": 6379, "protocol": "TCP"}]
+    # The gateway's liveness survives a Redis outage; its readiness does not.
+    probes = containers["gateway"]
+    assert probes["livenessProbe"]["grpc"]["service"] == "tessera.liveness"
+    assert "service" not in probes["readinessProbe"]["grpc"]
+    assert not [d for d in render({"networkPolicy": {"enabled": False}}, tmp_path) if d["kind"] == "NetworkPolicy"]
+
+
+def ray_serve_config(docs: list[dict[str, Any]]) -> str:
+    return one(docs, "RayService", "t-tessera-workers")["spec"]["serveConfigV2"]
+
+
 def metric_names(docs: list[dict[str, Any]]) -> set[str]:
-    """Every tessera_* metric the ScaledObject, the PrometheusRule and the dashboard query."""
+    """Every tessera_* metric the ScaledObject, the PrometheusRule and the dashboard query, and the
+    ray_serve_* ones (Serve's own, exported by Ray's metrics agent)."""
     text = []
     for d in docs:
         if d["kind"] == "ScaledObject":
@@ -145,7 +184,7 @@ def metric_names(docs: list[dict[str, Any]]) -> set[str]:
         elif d["kind"] == "ConfigMap" and "tessera.json" in d.get("data", {}):
             text += [t["expr"] for p in json.loads(d["data"]["tessera.json"])["panels"] for t in p["targets"]]
     # Ray's metrics agent prefixes the workers' metrics with ray_ (and counters with _total).
-    return set(re.findall(r"\b(?:ray_)?tessera_[a-z_]+", " ".join(text)))
+    return set(re.findall(r"\b(?:(?:ray_)?tessera|ray_serve)_[a-z_]+", " ".join(text)))
 
 
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))
@@ -234,10 +273,16 @@ def test_rendered_serve_config_starts_on_real_serve_and_answers(serve_cluster: A
     try:
         with grpc.insecure_channel(f"127.0.0.1:{serve_cluster.grpc_port}") as ch:
             msgs = list(worker_pb2_grpc.TextWorkerServiceStub(ch).GenerateText(
-                GenerateTextRequest(prompt=TOM, max_tokens=128), metadata=(("application", "text"),), timeout=120))
+                GenerateTextRequest(prompt=TOM, max_tokens=128), metadata=(("application", "text"), *token_metadata()),
+                timeout=120))
         assert msgs[-1].finished and "The answer is 10." in "".join(m.text for m in msgs)
     finally:
         serve.delete("text")
+
+
+# Environment the cluster supplies (Secrets; Service DNS names, which resolve to loopback here): the
+# rendered entries must exist, and the test gives them their local values.
+CLUSTER_SUPPLIED = {"TESSERA_REDIS_URL", "TESSERA_WORKER_ADDRESS", "TESSERA_WORKER_TOKEN"}
 
 
 def _process(container: dict[str, Any], files: dict[str, str], env: dict[str, str], root: Path) -> list[str]:
@@ -247,7 +292,7 @@ def _process(container: dict[str, Any], files: dict[str, str], env: dict[str, st
         local.parent.mkdir(parents=True, exist_ok=True)
         local.write_text(text.replace("/etc/tessera/", f"{root}/etc/tessera/"))
     for e in container["env"]:
-        if "value" in e:
+        if "value" in e and e["name"] not in CLUSTER_SUPPLIED:
             env[e["name"]] = e["value"]
     cmd = [a.replace("/etc/tessera/", f"{root}/etc/tessera/") for a in container["command"]]
     assert cmd[0] == "python"
@@ -316,13 +361,14 @@ def test_rendered_gateway_and_dispatcher_serve_a_generation_through_the_sdk(rend
     # After the generation: every metric the chart's autoscaling, alerts and dashboard use is one the
     # running gateway or dispatcher, or Ray's metrics agent for the worker replicas, really exports.
     used = metric_names(docs)
-    assert len(used) >= 12 and any(n.startswith("ray_") for n in used)
+    assert len(used) >= 12 and "ray_serve_deployment_replica_healthy" in used
+    assert any(n.startswith("ray_tessera_") for n in used)
 
     def exported_by(ports: list[int]) -> set[str]:
         names: set[str] = set()
         for port in ports:
             body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-            names |= set(re.findall(r"^(?:# TYPE )?((?:ray_)?tessera_[a-z_]+)", body, re.M))
+            names |= set(re.findall(r"^(?:# TYPE )?((?:(?:ray_)?tessera|ray_serve)_[a-z_]+)", body, re.M))
         return names
 
     def missing(names: set[str], exported: set[str]) -> list[str]:

@@ -51,6 +51,12 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end -}}
 
+{{/* The worker API's credential (services/workers/protocol.py): Ray pods check it, callers send it. */}}
+{{- define "tessera.workerTokenEnv" -}}
+- name: TESSERA_WORKER_TOKEN
+  valueFrom: {secretKeyRef: {name: {{ .Values.workers.tokenSecret | default (printf "%s-worker-token" (include "tessera.fullname" .)) }}, key: token}}
+{{- end -}}
+
 {{/* Pod security every Tessera container runs with: non-root, read-only root filesystem. */}}
 {{- define "tessera.containerSecurity" -}}
 allowPrivilegeEscalation: false

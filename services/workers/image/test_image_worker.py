@@ -16,11 +16,11 @@ from ray import serve
 
 from lab.training.images.tiny import NATIVE, PATCHES
 from services.workers.image.family import IMAGE
-from services.workers.protocol import CALL_ID_METADATA
+from services.workers.protocol import CALL_ID_METADATA, token_metadata
 from tessera.worker.v1 import worker_pb2_grpc
 from tessera.worker.v1.worker_pb2 import CancelCallRequest, EditImageRequest, GenerateImageRequest, ImageSampling
 
-MD = (("application", IMAGE.name),)
+MD = (("application", IMAGE.name), *token_metadata())
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,8 @@ from services.workers.protocol import InvalidRequestError
 from services.workers.runtime import check_model_name, prepare_replica
 from services.workers.text.config import D2F_KNOBS, TextModelConfig
 from tessera.worker.v1.worker_pb2 import (
+    CountTokensRequest,
+    CountTokensResponse,
     DescribeTextRequest,
     DescribeTextResponse,
     GenerateTextRequest,
@@ -36,6 +38,7 @@ class LocalTextEngine:
         self.max_concurrency = max_concurrency
         self.engine: TextEngine | None = None
         self._defaults = cfg.decoder.options_for(cfg.method)
+        self._description: DescribeTextResponse | None = None  # built once (the overhead is measured)
 
     async def start(self) -> None:
         prepare_replica(self.cfg)
@@ -49,9 +52,28 @@ class LocalTextEngine:
         return self.engine.max_positions
 
     def describe(self, request: DescribeTextRequest | None = None) -> DescribeTextResponse:
-        return DescribeTextResponse(models=[TextModelInfo(
-            name=self.cfg.name, method=self.cfg.method, max_positions=self.max_positions,
-            default_max_tokens=self.cfg.default_max_tokens)])
+        """The model and its limits, with the prompt format's overhead (the gateway's first check of a
+        prompt's length; CountTokens is the exact one)."""
+        assert self.engine is not None, "start() first"
+        if self._description is None:
+            tok = self.engine.tokenizer
+            # Positions the prompt format adds: a one-word prompt formatted minus the word alone.
+            overhead = max(0, len(self.engine.encode_prompt("x")) - len(tok.encode("x")))
+            self._description = DescribeTextResponse(models=[TextModelInfo(
+                name=self.cfg.name, method=self.cfg.method, max_positions=self.max_positions,
+                default_max_tokens=self.cfg.default_max_tokens,
+                max_tokens_limit=min(self.cfg.max_tokens_limit, self.max_positions - 1),
+                prompt_overhead_tokens=overhead)])
+        return self._description
+
+    def count_tokens(self, request: CountTokensRequest) -> CountTokensResponse:
+        """Positions the prompt takes once formatted, as GenerateText counts them."""
+        assert self.engine is not None, "start() first"
+        check_model_name(request.model, self.cfg)
+        try:
+            return CountTokensResponse(prompt_tokens=len(self.engine.encode_prompt(request.prompt)))
+        except ValueError as e:
+            raise InvalidRequestError(str(e)) from e
 
     async def check_health(self) -> None:
         if self.engine is None:
@@ -91,7 +113,9 @@ class LocalTextEngine:
                 # float32 on the wire: 0.9 arrives as 0.89999998, which must still mean "the default".
                 overrides[knob] = round(getattr(req, knob), 6)
         try:
-            params = SamplingParams(temperature=req.temperature, top_p=req.top_p or 1.0,
+            # float32 on the wire: rounded like the knobs above (0.01 must not arrive as 0.0099999998),
+            # but never to 0, which would turn a degenerate 1e-38 into greedy instead of refusing it.
+            params = SamplingParams(temperature=round(req.temperature, 6) or req.temperature, top_p=req.top_p or 1.0,
                                     max_tokens=req.max_tokens or cfg.default_max_tokens, seed=seed)
             options = cfg.decoder.options_for(cfg.method, overrides)
             return self.engine.prepare(TextRequest(req.prompt, params, request_id=req.job_id,

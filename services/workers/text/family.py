@@ -40,6 +40,7 @@ def _engine(args: TextArgs, limits: ReplicaLimits) -> WorkerEngine:
 
 TEXT = Family(
     name="text", service="TextWorkerService", deployment="TextWorker", args=TextArgs, engine=_engine,
-    rpcs={"GenerateText": Rpc("generate", observe=TextObserver), "DescribeText": Rpc("describe", streaming=False)},
+    rpcs={"GenerateText": Rpc("generate", observe=TextObserver), "DescribeText": Rpc("describe", streaming=False),
+          "CountTokens": Rpc("count_tokens", streaming=False)},
     stats=("job_stats",),
 )

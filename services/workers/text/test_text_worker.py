@@ -16,7 +16,7 @@ from ray import serve
 
 from models.engine import TextEngine
 from models.sampling import SamplingParams
-from services.workers.protocol import CALL_ID_METADATA
+from services.workers.protocol import CALL_ID_METADATA, token_metadata
 from services.workers.text.config import TextArgs
 from services.workers.text.conftest import MAX_POSITIONS
 from services.workers.text.family import TEXT
@@ -29,7 +29,7 @@ from tessera.worker.v1.worker_pb2 import (
 )
 
 APP_NAME = TEXT.name
-MD = (("application", APP_NAME),)
+MD = (("application", APP_NAME), *token_metadata())
 PROMPT = "What is 2+3?"
 # tau_conf = tau_act = 1 commits one token per forward: a long, slow generation to cancel.
 SLOW = {"max_tokens": 900, "tau_conf": 1.0, "tau_act": 1.0}

@@ -6,6 +6,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class CountTokensRequest(_message.Message):
+    __slots__ = ("model", "prompt")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    prompt: str
+    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ...) -> None: ...
+
+class CountTokensResponse(_message.Message):
+    __slots__ = ("prompt_tokens",)
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    prompt_tokens: int
+    def __init__(self, prompt_tokens: _Optional[int] = ...) -> None: ...
+
 class GenerateTextRequest(_message.Message):
     __slots__ = ("job_id", "model", "prompt", "max_tokens", "temperature", "top_p", "seed", "block_size", "tau_add", "tau_act", "tau_conf", "skip_tokens")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
@@ -57,22 +71,20 @@ class DescribeTextRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class TextModelInfo(_message.Message):
-    __slots__ = ("name", "method", "max_positions", "default_max_tokens", "max_tokens_limit", "tokenizer_json", "prompt_overhead_tokens")
+    __slots__ = ("name", "method", "max_positions", "default_max_tokens", "max_tokens_limit", "prompt_overhead_tokens")
     NAME_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     MAX_POSITIONS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_LIMIT_FIELD_NUMBER: _ClassVar[int]
-    TOKENIZER_JSON_FIELD_NUMBER: _ClassVar[int]
     PROMPT_OVERHEAD_TOKENS_FIELD_NUMBER: _ClassVar[int]
     name: str
     method: str
     max_positions: int
     default_max_tokens: int
     max_tokens_limit: int
-    tokenizer_json: bytes
     prompt_overhead_tokens: int
-    def __init__(self, name: _Optional[str] = ..., method: _Optional[str] = ..., max_positions: _Optional[int] = ..., default_max_tokens: _Optional[int] = ..., max_tokens_limit: _Optional[int] = ..., tokenizer_json: _Optional[bytes] = ..., prompt_overhead_tokens: _Optional[int] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., method: _Optional[str] = ..., max_positions: _Optional[int] = ..., default_max_tokens: _Optional[int] = ..., max_tokens_limit: _Optional[int] = ..., prompt_overhead_tokens: _Optional[int] = ...) -> None: ...
 
 class DescribeTextResponse(_message.Message):
     __slots__ = ("models",)

@@ -46,6 +46,11 @@ class TextWorkerServiceStub:
                 request_serializer=tessera_dot_worker_dot_v1_dot_worker__pb2.DescribeTextRequest.SerializeToString,
                 response_deserializer=tessera_dot_worker_dot_v1_dot_worker__pb2.DescribeTextResponse.FromString,
                 _registered_method=True)
+        self.CountTokens = channel.unary_unary(
+                '/tessera.worker.v1.TextWorkerService/CountTokens',
+                request_serializer=tessera_dot_worker_dot_v1_dot_worker__pb2.CountTokensRequest.SerializeToString,
+                response_deserializer=tessera_dot_worker_dot_v1_dot_worker__pb2.CountTokensResponse.FromString,
+                _registered_method=True)
 
 
 class TextWorkerServiceServicer:
@@ -67,6 +72,14 @@ class TextWorkerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CountTokens(self, request, context):
+        """Positions a prompt takes once the model's prompt format is applied, counted with the model's own
+        tokenizer: the gateway asks before it enqueues a prompt that might not fit.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TextWorkerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -79,6 +92,11 @@ def add_TextWorkerServiceServicer_to_server(servicer, server):
                     servicer.DescribeText,
                     request_deserializer=tessera_dot_worker_dot_v1_dot_worker__pb2.DescribeTextRequest.FromString,
                     response_serializer=tessera_dot_worker_dot_v1_dot_worker__pb2.DescribeTextResponse.SerializeToString,
+            ),
+            'CountTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountTokens,
+                    request_deserializer=tessera_dot_worker_dot_v1_dot_worker__pb2.CountTokensRequest.FromString,
+                    response_serializer=tessera_dot_worker_dot_v1_dot_worker__pb2.CountTokensResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -137,6 +155,33 @@ class TextWorkerService:
             '/tessera.worker.v1.TextWorkerService/DescribeText',
             tessera_dot_worker_dot_v1_dot_worker__pb2.DescribeTextRequest.SerializeToString,
             tessera_dot_worker_dot_v1_dot_worker__pb2.DescribeTextResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CountTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.worker.v1.TextWorkerService/CountTokens',
+            tessera_dot_worker_dot_v1_dot_worker__pb2.CountTokensRequest.SerializeToString,
+            tessera_dot_worker_dot_v1_dot_worker__pb2.CountTokensResponse.FromString,
             options,
             channel_credentials,
             insecure,
