@@ -134,10 +134,12 @@ class EchoStack:
     @classmethod
     def start(cls, max_in_flight: int = 64, delay_s: float = 0.0, port: int = 0,
               api_key: str = DEFAULT_KEY, gateway_loop: str = "asyncio", dispatchers: int = 0,
-              relay: bool = False) -> EchoStack:
+              relay: bool = False, redis_fsync: str = "everysec") -> EchoStack:
+        """`redis_fsync`: the append-only file's fsync policy (always, everysec, no), or "off" for no
+        persistence at all (what the stack ran before jobs were made durable)."""
         from services.queue.redis_server import RedisServer
 
-        redis = RedisServer().start()
+        redis = (RedisServer(persist=False) if redis_fsync == "off" else RedisServer(fsync=redis_fsync)).start()
         children: list[Child] = []
         prefix = f"lt{os.urandom(4).hex()}:"
         try:

@@ -143,3 +143,23 @@ def test_locustfile_runs_against_a_gateway() -> None:
     for name in ("Generate", "GenerateStream/ttfc", "GenerateStream/total"):
         assert stats[name]["num_requests"] > 0, stats
         assert stats[name]["num_failures"] == 0, stats
+
+
+def test_fsync_bench_compares_every_persistence_setting_side_by_side(capsys: pytest.CaptureFixture[str]) -> None:
+    from loadtest import fsync
+
+    assert fsync.main(["--rounds", "1", "--requests", "40", "--samples", "4", "--concurrency", "8", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"off", "no", "everysec", "always"}
+    assert out["off"]["throughput_vs_off"] == 1.0
+    assert all(m["jobs_per_s"] > 0 and m["added_p50_ms"] > -50 for m in out.values())
+
+
+@pytest.mark.parametrize("setting", ["off", "no", "everysec", "always"])
+def test_each_persistence_setting_is_what_redis_runs(setting: str) -> None:
+    with EchoStack.start(max_in_flight=4, redis_fsync=setting) as st:
+        r = redis.Redis.from_url(st.redis.url)
+        aof = r.config_get("appendonly")["appendonly"]
+        assert aof == ("no" if setting == "off" else "yes")
+        if setting != "off":
+            assert r.config_get("appendfsync")["appendfsync"] == setting

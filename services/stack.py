@@ -82,10 +82,7 @@ async def run(args: argparse.Namespace) -> None:
     apps, images = worker_apps(args)  # validated before anything starts
     check_ports(args, apps)
     key = dev_api_key()
-    # The dev key joins the keys the user configured (theirs keep working), it does not replace them.
-    configured = [k for k in os.environ.get("TESSERA_API_KEYS", "").split(",") if k.strip()]
-    dev = f"dev:{hash_key(key)}"
-    os.environ["TESSERA_API_KEYS"] = ",".join(configured + ([dev] if dev not in configured else []))
+    os.environ["TESSERA_API_KEYS"] = with_key(os.environ.get("TESSERA_API_KEYS", ""), f"dev:{hash_key(key)}")
     # The worker API's credential for this run: the replicas (Ray's runtime env), the gateway and its
     # dispatchers (this process) share it; nothing else on the machine has it.
     os.environ.setdefault(WORKER_TOKEN_ENV, secrets.token_urlsafe(24))
@@ -128,6 +125,12 @@ async def run(args: argparse.Namespace) -> None:
 
             ray.shutdown()
         redis.stop()
+
+
+def with_key(configured: str, entry: str) -> str:
+    """TESSERA_API_KEYS with `entry` added: the dev key joins the user's keys (theirs keep working)."""
+    keys = [k.strip() for k in configured.split(",") if k.strip()]
+    return ",".join(keys if entry in keys else [*keys, entry])
 
 
 def check_ports(args: argparse.Namespace, apps: ServeDeploySchema) -> None:
