@@ -74,10 +74,14 @@ class ClientConfig:
         return grpc.ssl_channel_credentials(root_certificates=self.root_certificates)
 
     def call_metadata(self) -> tuple[tuple[str, str], ...]:
-        """Metadata sent with every call: the bearer token plus any user metadata."""
+        """Metadata of one SDK call, sent on each of its attempts: the bearer token, any user metadata,
+        and an x-request-id of its own (unless the user set one), so the gateway logs every retry and
+        resume of the call under one id."""
         md = tuple(self.metadata)
         if self.api_key:
             md = (("authorization", f"Bearer {self.api_key}"), *md)
+        if not any(k == "x-request-id" for k, _ in md):
+            md = (*md, ("x-request-id", uuid.uuid4().hex))
         return md
 
     def unary_timeout(self, timeout: float | None) -> float:

@@ -210,9 +210,9 @@ class AsyncClient:
     async def _unary_with_id(self, method: Callable[..., Any], request: Any,
                              timeout: float | None) -> tuple[Any, str]:
         """The response and its request id; the same `request` (and idempotency key) on every attempt."""
-        retrier = self._config.unary_retrier(timeout)
+        retrier, metadata = self._config.unary_retrier(timeout), self._config.call_metadata()
         while True:
-            call = method(request, timeout=retrier.timeout(), metadata=self._config.call_metadata())
+            call = method(request, timeout=retrier.timeout(), metadata=metadata)
             try:
                 response = await call
             except grpc.RpcError as e:

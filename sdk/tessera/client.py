@@ -209,11 +209,10 @@ class Client:
 
     def _unary_with_id(self, method: Any, request: Any, timeout: float | None) -> tuple[Any, str]:
         """The response and its request id; the same `request` (and idempotency key) on every attempt."""
-        retrier = self._config.unary_retrier(timeout)
+        retrier, metadata = self._config.unary_retrier(timeout), self._config.call_metadata()
         while True:
             try:
-                response, call = method.with_call(request, timeout=retrier.timeout(),
-                                                  metadata=self._config.call_metadata())
+                response, call = method.with_call(request, timeout=retrier.timeout(), metadata=metadata)
             except grpc.RpcError as e:
                 delay = retrier.delay_or_raise(e)
             else:

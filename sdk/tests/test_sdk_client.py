@@ -111,6 +111,9 @@ def test_unavailable_is_retried_with_the_same_idempotency_key(client: tessera.Cl
     assert list(server.rec.attempts.values()) == [3]  # 2 failures + 1 success, all with one key
     assert [c.text for c in client.stream_text("flaky:1")] == list(CHUNKS)
     assert list(server.rec.attempts.values())[1] == 2
+    # Each SDK call sends one x-request-id of its own on all its attempts (the gateway logs them as one).
+    sent = [md["x-request-id"] for md in server.rec.metadata]
+    assert len(sent) == 5 and len(set(sent[:3])) == 1 and len(set(sent[3:])) == 1 and sent[0] != sent[3]
 
 
 def test_slow_server_raises_deadline_exceeded(server: FakeGateway) -> None:

@@ -73,10 +73,14 @@ def test_request_id_prefers_the_first_metadata_that_has_one() -> None:
 def test_timeouts_and_metadata() -> None:
     cfg = _common.ClientConfig()
     assert (cfg.unary_timeout(None), cfg.stream_timeout(None)) == (120.0, 600.0)
-    assert cfg.unary_timeout(3) == 3.0 and cfg.call_metadata() == ()
+    (key, rid), = cfg.call_metadata()  # no key: only a fresh request id
+    assert cfg.unary_timeout(3) == 3.0 and key == "x-request-id" and len(rid) == 32
+    assert cfg.call_metadata() != cfg.call_metadata()  # one per SDK call
     cfg = _common.ClientConfig(api_key="k", timeout=9, metadata=(("x-trace", "t"),))
     assert (cfg.unary_timeout(None), cfg.stream_timeout(None), cfg.stream_timeout(2)) == (9.0, 9.0, 2.0)
-    assert cfg.call_metadata() == (("authorization", "Bearer k"), ("x-trace", "t"))
+    assert cfg.call_metadata()[:2] == (("authorization", "Bearer k"), ("x-trace", "t"))
+    assert _common.ClientConfig(metadata=(("x-request-id", "mine-12345"),)).call_metadata() == (
+        ("x-request-id", "mine-12345"),)  # the user's own id is kept
     with pytest.raises(ValueError):
         cfg.unary_timeout(0)
     assert not cfg.use_tls and cfg.credentials() is None
