@@ -124,6 +124,14 @@ class WorkerServer:
 
     # --- Serve's replica hooks and handle-only diagnostics -----------------------------------------
 
+    async def __call__(self, request: Any) -> Any:
+        """Serve's HTTP proxy routes here (it cannot be turned off without the gRPC proxy in Ray 2.60):
+        a plain 404 instead of the 500 a deployment without __call__ gives. No model runs on HTTP."""
+        from starlette.responses import PlainTextResponse
+
+        return PlainTextResponse(f"the {self.family.name} worker serves gRPC only (tessera.worker.v1), "
+                                 "to Tessera's gateway and dispatchers\n", status_code=404)
+
     async def check_health(self) -> None:
         await self.engine.check_health()
 

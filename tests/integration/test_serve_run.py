@@ -15,6 +15,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,11 +47,14 @@ def md(app: str) -> tuple[tuple[str, str]]:
     return (("application", app), *token_metadata())
 
 
+HTTP_PORT = free_port()
+
+
 @pytest.fixture(scope="module")
 def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[grpc.Channel]:
     data = serve_config.read()
     grpc_port = free_port()
-    data["grpc_options"]["port"], data["http_options"]["port"] = grpc_port, free_port()
+    data["grpc_options"]["port"], data["http_options"]["port"] = grpc_port, HTTP_PORT
     for app in data["applications"]:
         for d in app["deployments"]:
             d["ray_actor_options"]["num_cpus"] = 0.5
@@ -137,6 +142,10 @@ def test_every_worker_method_refuses_calls_without_the_internal_credential(proxy
                 call()
             assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
             assert "gateway and dispatchers only" in err.value.details()
+    # Serve's HTTP proxy cannot be turned off alone: it listens on loopback, and runs no model.
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(f"http://127.0.0.1:{HTTP_PORT}/text", timeout=30)
+    assert err.value.code == 404 and b"gRPC only" in err.value.read()
     described = text.DescribeText(DescribeTextRequest(), metadata=md("text"), timeout=30).models[0]
     n = text.CountTokens(CountTokensRequest(prompt="What is 2+3?"), metadata=md("text"), timeout=30).prompt_tokens
     assert described.prompt_overhead_tokens < n < described.max_positions
