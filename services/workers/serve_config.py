@@ -86,6 +86,15 @@ def app_args(schema: ServeDeploySchema, name: str) -> AppArgs:
     return family.args.load(app.args, f"applications[{name}].args")
 
 
+def entry_args(app: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> AppArgs:
+    """The validated args of one raw app entry, `overrides` merged key by key: for a front other than
+    Serve's (the KServe model server), where the entry's `deployments` do not apply."""
+    family = family_of(app)
+    if family is None:
+        raise ConfigError(f"applications[{app.get('name')}] is not a Tessera worker app ({app.get('import_path')})")
+    return family.args.load(_merge(app.get("args") or {}, overrides or {}), f"applications[{app.get('name')}].args")
+
+
 def configure(data: Mapping[str, Any] | None = None, *, only: Iterable[str] | None = None,
               args: Mapping[str, Mapping[str, Any]] | None = None,
               deployments: Mapping[str, Mapping[str, Any]] | None = None,
