@@ -7,12 +7,19 @@ numbering of absolute positions:
 - causal (AR): every position is its own block;
 - full bidirectional (LLaDA/Dream teachers, vanilla and Fast-dLLM decoding): no mask at all.
 The same rule is used for training and for every inference forward, prefill and decode alike.
+All three are `span_ids(pos, prefix, block)`: positions before `prefix` are block 0, then blocks of
+`block` (D2F: the prompt and block_size; causal: 0 and 1; bidirectional: prefix past the end), which
+is how a batched forward gives every sequence its own mask from two integers.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+
+from models.kv_cache import PagedKVCache
 
 
 def block_ids(prompt_len: int, total_len: int, block_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -45,3 +52,61 @@ def window_mask(ids: torch.Tensor, start: int, end: int) -> torch.Tensor:
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """q: [B, H, Tq, D]; k, v: [B, Hkv, Tk, D]; mask: bool broadcastable to [B, H, Tq, Tk]."""
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=k.shape[1] != q.shape[1])
+
+
+def span_ids(pos: torch.Tensor, prefix: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
+    """Block ids of positions `pos` [B, T] for per-sequence `prefix` and `block` [B, 1] (see the module doc)."""
+    return torch.where(pos < prefix, torch.zeros_like(pos), torch.div(pos - prefix, block, rounding_mode="floor") + 1)
+
+
+@dataclass(slots=True)
+class AttnChunk:
+    """Sequences [b0, b1) of a batch (their packed tokens [n0, n1)) attended in one SDPA call,
+    padded to their own longest window and key range only."""
+
+    n0: int
+    n1: int
+    read_slots: torch.Tensor  # [b, Lk] pool slots of each sequence's keys (past its end: the null slot)
+    mask: torch.Tensor  # [b, 1, Tq, Lk] additive: 0 = may attend, -inf = may not
+    seq_of: torch.Tensor  # [n] each token's row in the chunk
+    offset: torch.Tensor  # [n] its index inside its window (its row of the padded queries)
+    max_window: int  # Tq
+    uniform: bool  # every window has Tq tokens: the packed queries already are [b, Tq]
+
+
+@dataclass(slots=True)
+class VarlenBatch:
+    """One batched forward over the windows of B sequences, packed on one token axis of N tokens.
+
+    Linear layers run on the packed tokens (no padding); attention pads the queries per chunk of
+    similar sequences and reads each sequence's keys 0..Lk-1 from the paged pool, under a
+    per-sequence mask that also hides keys past the sequence's end (models.engine.batch.build_batch).
+    """
+
+    positions: torch.Tensor  # [N] absolute position of each packed token
+    write_slots: torch.Tensor  # [N] pool slot each token's K/V is written to (padding: the null slot)
+    chunks: list[AttnChunk]
+
+
+def attend_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: VarlenBatch, kv: PagedKVCache,
+                  layer: int) -> torch.Tensor:
+    """q [N, H, D], k and v [N, Hkv, D] of packed tokens -> attention output [N, H * D].
+
+    The window's K/V goes into the pool first, so one gather yields every sequence's keys in
+    position order: the cached prefix and the window, exactly the keys a single-sequence forward sees.
+    """
+    kv.write(layer, batch.write_slots, k, v)
+    h, d = q.shape[1:]
+    outs = []
+    for c in batch.chunks:
+        keys, values = kv.read(layer, c.read_slots)  # [b, Lk, Hkv, D]
+        b, tq = c.read_slots.shape[0], c.max_window
+        qc = q[c.n0 : c.n1]
+        if c.uniform:  # e.g. a step of AR decodes, one token each: no scatter, no gather
+            qp = qc.view(b, tq, h, d)
+        else:
+            qp = q.new_zeros(b, tq, h, d)
+            qp[c.seq_of, c.offset] = qc
+        out = attend(qp.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2), c.mask).transpose(1, 2)
+        outs.append(out.reshape(c.n1 - c.n0, h * d) if c.uniform else out[c.seq_of, c.offset].reshape(-1, h * d))
+    return outs[0] if len(outs) == 1 else torch.cat(outs)

@@ -38,3 +38,73 @@ class KVCache:
         if not 0 <= length <= self.length:
             raise ValueError(f"cannot truncate a cache of length {self.length} to {length}")
         self.length = length
+
+
+class PagedKVCache:
+    """The batched engine's K/V pool: fixed-size pages shared by every sequence of a replica.
+
+    A sequence owns a list of pages (its page table); its position t lives in slot
+    `table[t // page_size] * page_size + t % page_size` of each layer's flat [slots, Hkv, D] tensor,
+    so memory follows what sequences hold, not max_model_len x max_num_seqs. Page 0 is never handed
+    out: padded keys read it and padded tokens write it, so no index needs a branch. Like KVCache,
+    a forward writes its whole window and the sequence keeps only the committed part (its later
+    slots are overwritten by the next window), but here the window K/V goes through the pool.
+    """
+
+    def __init__(self, num_layers: int, num_pages: int, page_size: int, num_kv_heads: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device | str) -> None:
+        if num_pages < 2 or page_size < 1:
+            raise ValueError(f"a paged KV cache needs >= 2 pages (one is the null page) and page_size >= 1, "
+                             f"got {num_pages} pages of {page_size}")
+        shape = (num_pages * page_size, num_kv_heads, head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.num_pages, self.page_size = num_pages, page_size
+        self._free = list(range(num_pages - 1, 0, -1))  # pop() hands out low pages first
+        # Reused by every `read`: a layer's gathered K/V is consumed by its attention before the next
+        # read, and gathering into warm memory costs half of gathering into a fresh allocation (CPU).
+        self._gathered: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def bytes_per_token(self) -> int:
+        k = self.k[0]
+        return 2 * len(self.k) * k.shape[1] * k.shape[2] * k.element_size()
+
+    @property
+    def free_pages(self) -> int:
+        return len(self._free)
+
+    @property
+    def usable_pages(self) -> int:
+        return self.num_pages - 1
+
+    def pages_for(self, tokens: int) -> int:
+        return -(-tokens // self.page_size)
+
+    def allocate(self, n: int) -> list[int]:
+        if n > len(self._free):
+            raise ValueError(f"KV pool exhausted: need {n} pages, {len(self._free)} free")
+        return [self._free.pop() for _ in range(n)]
+
+    def release(self, pages: list[int]) -> None:
+        self._free.extend(reversed(pages))
+
+    def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store K/V [N, Hkv, D] of N tokens at their slots [N]."""
+        self.k[layer].index_copy_(0, slots, k)
+        self.v[layer].index_copy_(0, slots, v)
+
+    def read(self, layer: int, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """K/V [B, L, Hkv, D] of the slots [B, L] (each sequence's positions 0..L-1, padded).
+
+        The result lives in a buffer the next `read` overwrites: use it before reading again."""
+        k, v = self.k[layer], self.v[layer]
+        n = slots.numel()
+        if self._gathered is None or self._gathered[0].shape[0] < n:
+            size = (max(n, 2 * self._gathered[0].shape[0] if self._gathered is not None else 0), *k.shape[1:])
+            self._gathered = (k.new_empty(size), v.new_empty(size))
+        flat = slots.reshape(-1)
+        shape = (*slots.shape, *k.shape[1:])
+        out_k = torch.index_select(k, 0, flat, out=self._gathered[0][:n])
+        out_v = torch.index_select(v, 0, flat, out=self._gathered[1][:n])
+        return out_k.view(shape), out_v.view(shape)

@@ -8,11 +8,12 @@ each checkpoint layout's tensor names onto them.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from models.attention import attend
+from models.attention import VarlenBatch, attend, attend_varlen
 from models.config import ModelConfig
-from models.kv_cache import KVCache
+from models.kv_cache import KVCache, PagedKVCache
 
 
 class RMSNorm(nn.Module):
@@ -26,6 +27,13 @@ class RMSNorm(nn.Module):
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * h.to(x.dtype)
+
+    def fused(self, x: torch.Tensor) -> torch.Tensor:
+        """`forward` in one op where that is the same math: float32 (torch's rms_norm upcasts to
+        float32, normalises, then applies the weight: bit for bit `forward` there), else `forward`."""
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        return self.forward(x)
 
 
 class Rotary(nn.Module):
@@ -42,9 +50,26 @@ class Rotary(nn.Module):
         cos, sin = self.cos[positions], self.sin[positions]
         if positions.dim() == 2:
             cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        return self.rotate(x, cos, sin)
+
+    @staticmethod
+    def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """x rotated by the cos/sin tables of its positions (broadcast against x)."""
         half = x.shape[-1] // 2
         rot = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
         return (x.float() * cos + rot.float() * sin).to(x.dtype)
+
+    def signed_tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sign-folded sin [N, 1, D] of positions [N], for `rotate_signed`."""
+        cos, sin = self.cos[positions], self.sin[positions]
+        half = sin.shape[-1] // 2
+        return cos[:, None], torch.cat([-sin[:, :half], sin[:, half:]], dim=-1)[:, None]
+
+    @staticmethod
+    def rotate_signed(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+        """`rotate` in fewer ops, bit for bit: (-a) * b == a * (-b), so the half-swap's sign moves into sin."""
+        h = x.float()
+        return (h * cos + torch.roll(h, x.shape[-1] // 2, -1) * signed_sin).to(x.dtype)
 
 
 class Block(nn.Module):
@@ -77,8 +102,19 @@ class Block(nn.Module):
         if cache is not None:
             k, v = cache.window(layer, k, v)
         a = attend(q, k, v, mask).transpose(1, 2).reshape(b, t, -1)
-        x = x + self.o_proj(a)
-        h = self.mlp_norm(x)
+        return self._mlp(x + self.o_proj(a))
+
+    def forward_packed(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], batch: VarlenBatch,
+                       kv: PagedKVCache, layer: int) -> torch.Tensor:
+        """x [N, D]: the packed windows of a batch (see VarlenBatch); rope: Rotary.signed_tables of their
+        positions. The same math as `forward`, element for element, in fewer ops."""
+        q, k, v = self.project_qkv(self.attn_norm.fused(x)[None])
+        h = q.shape[2]
+        qk = Rotary.rotate_signed(torch.cat([q[0], k[0]], dim=1), *rope)  # q and k in one rotation
+        return self._mlp(x + self.o_proj(attend_varlen(qk[:, :h], qk[:, h:], v[0], batch, kv, layer)), fused=True)
+
+    def _mlp(self, x: torch.Tensor, fused: bool = False) -> torch.Tensor:
+        h = self.mlp_norm.fused(x) if fused else self.mlp_norm(x)
         return x + self.down_proj(nn.functional.silu(self.gate_proj(h)) * self.up_proj(h))
 
 
@@ -123,6 +159,23 @@ class Transformer(nn.Module):
         if cache is not None and commit:
             cache.commit(commit)
         return self.norm(x)
+
+    def forward_packed(self, input_ids: torch.Tensor, batch: VarlenBatch, kv: PagedKVCache,
+                       rows: torch.Tensor) -> torch.Tensor:
+        """Logits [R, vocab] of the packed tokens `rows` for a batch of windows (the batched engine).
+
+        input_ids: [N] every sequence's window, packed; batch: their positions, pool slots and masks.
+        Only the rows a sampler needs go through the final norm and the LM head.
+        """
+        x = self.embed(input_ids)
+        rope = self.rotary.signed_tables(batch.positions)
+        for i, layer in enumerate(self.layers):
+            x = layer.forward_packed(x, rope, batch, kv, i)
+        return self.lm_head(self.norm.fused(x[rows]))[..., : self.config.vocab_size]
+
+    def new_paged_cache(self, num_pages: int, page_size: int) -> PagedKVCache:
+        p, c = self.embed.weight, self.config
+        return PagedKVCache(c.num_layers, num_pages, page_size, c.num_kv_heads, c.head_dim, p.dtype, p.device)
 
     def new_cache(self, batch: int, capacity: int) -> KVCache:
         p = self.embed.weight

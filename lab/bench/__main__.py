@@ -1,5 +1,5 @@
-"""Benchmarks: `python -m lab.bench text [--problems N] [--json] [--sweep]`, `... image [--json]`,
-`... cuda [--json]`."""
+"""Benchmarks: `python -m lab.bench text [--problems N] [--json] [--sweep] [--concurrency 1,4,16,64]`,
+`... image [--json]`, `... cuda [--json]`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from lab.bench import cuda, image, text
+from lab.bench import concurrency, cuda, image, text
 
 
 def main() -> None:
@@ -25,6 +25,15 @@ def main() -> None:
     t.add_argument("--methods", default="vanilla,fast-dllm,d2f,ar", help="comma-separated subset of the rows")
     t.add_argument("--checkpoints", type=Path, default=text.CKPT, help="folder holding the three checkpoints")
     t.add_argument("--device", default="cpu")
+    t.add_argument("--concurrency", help="e.g. 1,4,16,64: the batched engine under that many concurrent clients "
+                   "(methods d2f, d2f-adaptive, fast-dllm, ar unless --methods), with the roofline")
+    t.add_argument("--concurrency-plot", type=Path, default=Path("bench-results/text_concurrency.png"),
+                   help="aggregate TPS vs concurrency per method, with the roofline limits (--concurrency)")
+    t.add_argument("--rounds", type=int, default=2, help="--concurrency: every cell once per round, interleaved")
+    t.add_argument("--layout", default="packed", help="--concurrency: the batch layout, packed or padded; "
+                   "'packed,padded' adds rows <method>/padded")
+    t.add_argument("--reference", type=int, default=0,
+                   help="--concurrency: also time each method's single-sequence decoder on this many problems")
     c = sub.add_parser("cuda", help="the GPU path: dtype parity, cache exactness, attention and large-shape timings")
     c.add_argument("--problems", type=int, default=50)
     c.add_argument("--json", action="store_true")
@@ -42,6 +51,9 @@ def main() -> None:
     if args.suite == "image":
         torch.set_num_threads(1)
         image.main(args)
+    elif args.suite == "text" and args.concurrency:
+        torch.set_num_threads(args.threads)
+        concurrency.main(args)
     elif args.suite == "text":
         text.main(args)
     elif args.suite == "cuda":

@@ -1,8 +1,13 @@
-"""The one text engine: loading, the decode loop (sync and async streams), cancellation, forward
-counting, per-request seeds, resumption and stats. Nothing here knows about RPCs or serving."""
+"""The one text engine: loading, continuous batching (scheduler, paged KV pool, one batched forward
+per step for every running request), the background loop, sync and async streams, cancellation and
+deadlines, forward counting, per-request seeds, resumption and stats. Nothing here knows about RPCs
+or serving."""
 
+from models.engine.adaptive import AdaptivePolicy
+from models.engine.config import EngineConfig
 from models.engine.request import (
     Completion,
+    DeadlineExceeded,
     DecodeCancelled,
     Plan,
     RequestStats,
@@ -12,5 +17,5 @@ from models.engine.request import (
 )
 from models.engine.text_engine import RECENT_REQUESTS, TextEngine, tokenizer_dir
 
-__all__ = ["RECENT_REQUESTS", "Completion", "DecodeCancelled", "Plan", "RequestStats", "TextDelta", "TextEngine",
-           "TextRequest", "request_seed", "tokenizer_dir"]
+__all__ = ["RECENT_REQUESTS", "AdaptivePolicy", "Completion", "DeadlineExceeded", "DecodeCancelled", "EngineConfig",
+           "Plan", "RequestStats", "TextDelta", "TextEngine", "TextRequest", "request_seed", "tokenizer_dir"]

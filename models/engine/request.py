@@ -12,7 +12,11 @@ RequestState = Literal["running", "finished", "cancelled", "failed"]
 
 
 class DecodeCancelled(Exception):
-    """Raised inside a decode, by the model's forward pre-hook, once its request is cancelled."""
+    """What a request's stream raises once the request is cancelled (it decodes no further)."""
+
+
+class DeadlineExceeded(DecodeCancelled):
+    """What a request's stream raises once its deadline passed (it decodes no further)."""
 
 
 @dataclass(slots=True)
@@ -22,8 +26,11 @@ class TextRequest:
     request_id: str = ""  # names the request's stats; seeds a sampled request that has no seed
     decoder_options: dict[str, Any] | None = None  # make_decoder options for this request; None = the engine's
     skip_tokens: int = 0  # resume: tokens an earlier attempt already delivered are decoded but not sent
+    timeout_s: float | None = None  # deadline, from submission; past it the request stops (DeadlineExceeded)
 
     def __post_init__(self) -> None:
+        if self.timeout_s is not None and self.timeout_s <= 0:
+            raise ValueError(f"timeout_s must be positive, got {self.timeout_s}")
         if self.skip_tokens < 0:
             raise ValueError(f"skip_tokens must be >= 0, got {self.skip_tokens}")
         if self.skip_tokens > self.params.max_tokens:
@@ -75,10 +82,11 @@ class Completion:
 @dataclass(slots=True)
 class RequestStats:
     request_id: str
-    forwards: int = 0  # forward passes actually run, counted by the model's hook (cancelled ones' too)
+    forwards: int = 0  # forward passes run for it: one per batched step it took part in (cancelled ones' too)
     tokens: int = 0  # tokens sent (after skip_tokens)
     state: RequestState = "running"
-    decoding: bool = False  # a decode step is running in some thread right now
-    cancelled: bool = False  # read by the forward pre-hook: the decode stops before its next forward
+    decoding: bool = False  # a step that includes this request is running right now
+    cancelled: bool = False  # set on cancel: the request leaves before the engine's next step
     started: float = 0.0
     ended: float = 0.0
+    kv_tokens: int = 0  # KV pool tokens it held at its peak (whole pages; x EngineConfig bytes per token)

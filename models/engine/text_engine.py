@@ -1,15 +1,20 @@
 """The text engine: loads a model, then decodes requests, vLLM-like (`generate(prompts, SamplingParams)`)
-or streamed (`stream`, and `astream` for an event loop), with cancellation, forward counting,
-per-request seeds, resumption and stats."""
+or streamed (`stream`, and `astream` for an event loop), with cancellation, deadlines, forward
+counting, per-request seeds, resumption and stats.
+
+Every request, whichever call made it, joins one continuously batched engine (models.engine.core)
+stepped by one background loop (models.engine.driver): concurrent requests share each forward.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import json
+import random
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +22,12 @@ import torch
 
 from models.checkpoint import load_model
 from models.decoders import make_decoder
-from models.engine.loop import install_hooks, run
+from models.engine.config import EngineConfig
+from models.engine.core import EngineCore
+from models.engine.driver import EngineLoop, apull, async_sink, pull, thread_sink
+from models.engine.output import OutputWriter
 from models.engine.request import Completion, Plan, RequestStats, TextDelta, TextRequest
+from models.engine.sequence import Sequence, Sink
 from models.sampling import SamplingParams
 from models.tokenizer import TextTokenizer
 
@@ -39,25 +48,35 @@ def tokenizer_dir(model_dir: Path) -> Path:
 class TextEngine:
     def __init__(self, model_dir: str | Path, method: str = "d2f", decoder_options: dict[str, Any] | None = None,
                  dtype: torch.dtype = torch.float32, device: str = "cpu", template: bool = True,
-                 max_concurrency: int = 4) -> None:
+                 max_concurrency: int = 16, config: EngineConfig | None = None) -> None:
+        """max_concurrency: sequences decoded together (EngineConfig.max_num_seqs), unless `config` is given."""
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
         self.model_dir = Path(model_dir)
         self.model = load_model(self.model_dir, dtype=dtype, device=device)
-        install_hooks(self.model)
         self.tokenizer = TextTokenizer(tokenizer_dir(self.model_dir))
         self.method = method
         self.decoder_options = dict(decoder_options or {})
+        # The single-sequence decoder: the request's config (thresholds) for the batched engine, and
+        # the reference the batched engine is tested against (vanilla runs it as is, batch-1).
         self.decoder = make_decoder(self.model, method, **self.decoder_options)
         self.template = template
+        self.config = config or EngineConfig(max_num_seqs=max_concurrency)
+        self.core = EngineCore(self.model, self.config)
+        self.loop = EngineLoop(self.core)
+        # Closed when the engine is collected or the interpreter exits: the loop's thread must not be
+        # inside a forward while Python finalizes (a daemon thread killed in C++ code aborts the process).
+        weakref.finalize(self, self.loop.close)
         self.requests: OrderedDict[str, RequestStats] = OrderedDict()
-        # astream's steps run here so the event loop stays free; one step at a time per stream, so
-        # this bounds how many streams decode at once (threads start only when first needed).
-        self._pool: ThreadPoolExecutor | None = ThreadPoolExecutor(max_concurrency, thread_name_prefix="text-decode")
 
     @property
     def max_positions(self) -> int:
         return self.model.config.max_position_embeddings
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """KV pool bytes one token of one sequence holds (a sequence holds whole pages of them)."""
+        return self.core.kv_bytes_per_token
 
     def encode_prompt(self, prompt: str) -> list[int]:
         text = self.tokenizer.format_prompt(prompt) if self.template else prompt
@@ -73,7 +92,7 @@ class TextEngine:
         elif params is not None:
             raise TypeError("params go inside the TextRequest")
         opts = request.decoder_options
-        # A per-request decoder, never a mutated shared one: other requests decode concurrently.
+        # A request's own decoder config (its thresholds), never a mutated shared one.
         decoder = (self.decoder if opts is None or opts == self.decoder_options
                    else make_decoder(self.model, self.method, **opts))
         ids = self.encode_prompt(request.prompt)
@@ -81,97 +100,98 @@ class TextEngine:
         if len(ids) + max_tokens > self.max_positions:
             raise ValueError(f"prompt ({len(ids)} tokens) + max_tokens ({max_tokens}) exceeds "
                              f"the model's {self.max_positions} positions")
+        kv = self.core.runner.kv
+        if kv.pages_for(len(ids) + max_tokens) > kv.usable_pages:
+            raise ValueError(f"prompt ({len(ids)} tokens) + max_tokens ({max_tokens}) exceeds the KV pool "
+                             f"({kv.usable_pages * kv.page_size} tokens)")
         return Plan(request, ids, request.seeded_params(), decoder)
 
     def stream(self, request: Plan | TextRequest | str, params: SamplingParams | None = None) -> Iterator[TextDelta]:
-        """Decode in the calling thread; validates at once, so a bad request raises before the first delta."""
+        """Deltas of final text (the last has finished=True); validates at once, so a bad request
+        raises before the first delta. Raises DecodeCancelled once cancelled. The request joins
+        the engine when the first delta is asked for."""
         plan = request if isinstance(request, Plan) else self.prepare(request, params)
         return self._stream(plan)
 
     def _stream(self, plan: Plan) -> Iterator[TextDelta]:
-        yield from run(plan, self._register(plan), self.tokenizer)
+        sink, q = thread_sink()
+        stats = self._submit(plan, sink)
+        try:
+            yield from pull(q, stats)
+        finally:
+            self._abandon(stats)
 
     def generate(self, prompts: list[str], params: SamplingParams) -> list[Completion]:
+        """Every prompt at once: they decode together, as concurrent requests do."""
+        plans = [self.prepare(p, params) for p in prompts]
+        runs = []
+        for plan in plans:
+            sink, q = thread_sink()
+            runs.append((plan, self._submit(plan, sink), q))
         out = []
-        for prompt in prompts:
-            t0 = time.perf_counter()
-            c = Completion(prompt=prompt, text="")
-            for d in self.stream(prompt, params):
-                c.text += d.text
-                c.token_ids += d.token_ids
-                c.forwards, c.finish_reason = d.forwards, d.finish_reason
-            c.latency_s = time.perf_counter() - t0
+        for plan, stats, q in runs:
+            c = Completion(prompt=plan.request.prompt, text="")
+            try:
+                for d in pull(q, stats):
+                    c.text += d.text
+                    c.token_ids += d.token_ids
+                    c.forwards, c.finish_reason = d.forwards, d.finish_reason
+            finally:
+                self._abandon(stats)
+            c.latency_s = stats.ended - stats.started
             out.append(c)
         return out
 
     async def astream(self, request: Plan | TextRequest | str,
                       params: SamplingParams | None = None) -> AsyncIterator[TextDelta]:
         """Stream without blocking the event loop. A consumer that stops reading (closes the
-        generator, or its task is cancelled) cancels the decode before its next forward pass."""
+        generator, or its task is cancelled) cancels the request before the engine's next step."""
         plan = request if isinstance(request, Plan) else self.prepare(request, params)
-        if self._pool is None:
-            raise RuntimeError("the text engine is closed")
-        stats = self._register(plan)
-        it = run(plan, stats, self.tokenizer)
-        pending: Future[TextDelta | None] | None = None
+        sink, q = async_sink()
+        stats = self._submit(plan, sink)
         try:
-            while True:
-                # A concurrent future (not run_in_executor's asyncio wrapper): cancelling the
-                # awaiting task must not mark the step as done while its thread still runs it.
-                pending = self._pool.submit(next, it, None)
-                d = await asyncio.wrap_future(pending)
-                pending = None
-                if d is None:
-                    return
+            async for d in apull(q, stats):
                 yield d
         finally:
-            _cancel(stats)
-            _close_when_idle(it, pending)
+            self._abandon(stats)
 
     def stats(self, request_id: str) -> RequestStats | None:
         return self.requests.get(request_id)
 
     def cancel(self, request_id: str) -> bool:
-        """Stop a running request before its next forward pass (its stream raises DecodeCancelled)."""
+        """Stop a running request before the engine's next step (its stream raises DecodeCancelled)."""
         stats = self.requests.get(request_id)
-        if stats is None or stats.state != "running":
-            return False
-        stats.cancelled = True
-        return True
+        return stats is not None and self._cancel(stats)
 
     def close(self) -> None:
-        """Cancel what runs and stop taking streams; decode threads end after their current forward."""
-        for stats in self.requests.values():
-            _cancel(stats)
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        """Cancel what runs and stop taking requests; the step in progress ends first."""
+        self.loop.close()
 
-    def _register(self, plan: Plan) -> RequestStats:
-        rid = plan.request.request_id
-        stats = RequestStats(rid, started=time.time())
-        if rid:  # a retry replaces the stats of the attempt before it
-            self.requests.pop(rid, None)
-            self.requests[rid] = stats
+    def _submit(self, plan: Plan, sink: Sink) -> RequestStats:
+        req = plan.request
+        params = plan.params
+        if params.temperature > 0 and params.seed is None:
+            # Fixed now, so a preempted request replays its own draws when it decodes again.
+            plan = replace(plan, params=replace(params, seed=random.getrandbits(63)))
+        stats = RequestStats(req.request_id, started=time.time())
+        seq = Sequence(plan, stats, OutputWriter(self.tokenizer, req.skip_tokens, stats), sink,
+                       deadline=time.monotonic() + req.timeout_s if req.timeout_s else None)
+        self.loop.submit(seq)  # raises once closed, before the request is registered
+        if req.request_id:  # a retry replaces the stats of the attempt before it
+            self.requests.pop(req.request_id, None)
+            self.requests[req.request_id] = stats
             while len(self.requests) > RECENT_REQUESTS:
                 self.requests.popitem(last=False)
         return stats
 
+    def _cancel(self, stats: RequestStats) -> bool:
+        with self.core.lock:
+            if stats.state != "running":
+                return False
+            stats.state, stats.cancelled = "cancelled", True
+        self.loop.wake()
+        return True
 
-def _cancel(stats: RequestStats) -> None:
-    if stats.state == "running":
-        stats.state, stats.cancelled = "cancelled", True
-
-
-def _close_when_idle(it: Iterator[TextDelta], pending: Future[TextDelta | None] | None) -> None:
-    # A step still running in its thread cannot be closed from here ("generator already executing");
-    # the forward hook stops it at its next forward, and it is closed once that step ends.
-    def close(f: Future[Any] | None = None) -> None:
-        if f is not None and not f.cancelled():
-            f.exception()  # consume the step's DecodeCancelled
-        it.close()
-
-    if pending is not None and not pending.done():
-        pending.add_done_callback(close)
-    else:
-        close()
+    def _abandon(self, stats: RequestStats) -> None:
+        """The consumer is gone (or done): a request still running is cancelled."""
+        self._cancel(stats)

@@ -106,7 +106,7 @@ def test_configure_applies_overrides_and_validates_them() -> None:
     assert model["device"] == "cuda" and model["decoder"] == {"block_size": 32, "tau_add": 0.2, "tau_act": 0.95,
                                                               "tau_conf": 0.9}  # merged key by key
     assert text.deployments[0].num_replicas == 2 and text.deployments[0].ray_actor_options.num_gpus == 1
-    assert text.deployments[0].max_ongoing_requests == 4  # the file's, kept
+    assert text.deployments[0].max_ongoing_requests == 16  # the file's, kept
     assert serve_config.read()["applications"][0]["args"]["model"]["device"] == "cpu"  # the file is untouched
     with pytest.raises(ConfigError, match="no application"):
         serve_config.configure(only=["video"])

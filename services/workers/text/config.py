@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import Field
 
 from models.decoders import METHODS, D2FConfig
+from models.engine import AdaptivePolicy, EngineConfig
 from services.workers.config import STRICT, AppArgs, ModelSection, check_max_tokens
 
 D2F_KNOBS = ("tau_add", "tau_act", "tau_conf")
@@ -49,11 +50,32 @@ class DecoderDefaults:
 
 
 @dataclass(slots=True)
+class BatchingDefaults:
+    """The replica's continuous batching (models.engine.EngineConfig; the batch width is Serve's
+    max_ongoing_requests)."""
+
+    __pydantic_config__ = STRICT
+
+    max_batched_tokens: int = 8192  # window tokens in one forward
+    kv_cache_tokens: int = 0  # KV pool size; 0 = room for every sequence at full length (no preemption)
+    adaptive: bool = False  # load-adaptive D2F (docs/batching.md): more throughput, load-dependent text
+
+    def __post_init__(self) -> None:
+        self.engine_config(1)  # the engine's own validation, raised at config load
+
+    def engine_config(self, max_num_seqs: int) -> EngineConfig:
+        return EngineConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=self.max_batched_tokens,
+                            kv_cache_tokens=self.kv_cache_tokens or None,
+                            adaptive=AdaptivePolicy(enabled=self.adaptive))
+
+
+@dataclass(slots=True)
 class TextModelConfig(ModelSection):
     name: str = "d2f-arith"
     model_dir: str = "checkpoints/arith-d2f-lora"  # relative = against the repo root
     method: str = "d2f"
     decoder: DecoderDefaults = field(default_factory=DecoderDefaults)
+    batching: BatchingDefaults = field(default_factory=BatchingDefaults)
     default_max_tokens: int = 128
     max_tokens_limit: int = 512  # further capped per request by the model's positions
 

@@ -1,7 +1,9 @@
 """The text worker's engine: GenerateTextRequest -> models.engine.TextEngine -> GenerateTextResponse.
 
-Decoding, cancellation, forward counting, seeds, resumption and stats all live in models.engine;
-this maps the wire onto its requests and its deltas back, and runs the replica's lifecycle.
+Decoding, batching, cancellation, forward counting, seeds, resumption and stats all live in
+models.engine: one continuously batched engine per replica, stepped by its one background loop,
+every call an asyncio queue of deltas (TextEngine.astream). This maps the wire onto its requests
+and its deltas back, and runs the replica's lifecycle.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class LocalTextEngine:
     """The text worker engine over an in-process models.engine.TextEngine."""
 
     def __init__(self, cfg: TextModelConfig, max_concurrency: int = 4) -> None:
+        """max_concurrency: the calls Serve routes here at once, all decoded in one batch."""
         self.cfg = cfg
         self.max_concurrency = max_concurrency
         self.engine: TextEngine | None = None
@@ -44,7 +47,7 @@ class LocalTextEngine:
         prepare_replica(self.cfg)
         self.engine = await asyncio.to_thread(
             TextEngine, self.cfg.path, self.cfg.method, self._defaults, dtype=getattr(torch, self.cfg.dtype),
-            device=self.cfg.device, max_concurrency=self.max_concurrency)
+            device=self.cfg.device, config=self.cfg.batching.engine_config(self.max_concurrency))
 
     @property
     def max_positions(self) -> int:

@@ -34,7 +34,7 @@ class TextObserver:
 def _engine(args: TextArgs, limits: ReplicaLimits) -> WorkerEngine:
     from services.workers.text.engine import LocalTextEngine  # torch and the model load in the replica only
 
-    # One decode thread per call Serve may route here at once.
+    # Every call Serve may route here at once decodes in the same batch (the engine's max_num_seqs).
     return LocalTextEngine(args.model, max_concurrency=limits.max_ongoing_requests)
 
 

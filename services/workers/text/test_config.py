@@ -50,3 +50,14 @@ def test_decoder_knobs_per_method() -> None:
     assert d.options_for("ar") == {}
     with pytest.raises(ValueError, match="the vanilla decoder has no tau_add"):
         d.options_for("vanilla", {"tau_add": 0.2})
+
+
+def test_batching_section_builds_the_engine_config() -> None:
+    args = TextArgs.load({"model": {"batching": {"max_batched_tokens": 2048, "kv_cache_tokens": 4096,
+                                                 "adaptive": True}}})
+    cfg = args.model.batching.engine_config(8)
+    assert (cfg.max_num_seqs, cfg.max_num_batched_tokens, cfg.kv_cache_tokens, cfg.adaptive.enabled) == (
+        8, 2048, 4096, True)
+    assert TextArgs().model.batching.engine_config(4).kv_cache_tokens is None  # 0 = the engine's default
+    with pytest.raises(ConfigError, match="max_num_batched_tokens must be >= 1"):
+        TextArgs.load({"model": {"batching": {"max_batched_tokens": 0}}})
