@@ -179,16 +179,24 @@ class DataPlane:
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "after_event_id is not an event id",
                            violations=[("after_event_id", "must be an event_id received from this job")])
         it = self.store.events(job_id, after or "0-0", final_only=final_only).__aiter__()
+        ended = False
         while True:
             try:
                 _, ev = await it.__anext__()
             except StopAsyncIteration:
-                return
+                if ended:
+                    return
+                # The store stops before the job's result or error only when the job is gone (expired, or
+                # lost with Redis's data): say so, as Generate does. A stream that ended OK without its
+                # job's end would read as a success to the caller.
+                raise RpcError(grpc.StatusCode.NOT_FOUND, f"job {job_id} expired before it ended",
+                               reason="JOB_NOT_FOUND") from None
             except EventIdAfterEnd as e:
                 raise RpcError(grpc.StatusCode.OUT_OF_RANGE, "after_event_id is after the job's last event",
                                violations=[("after_event_id", str(e))]) from e
             except _REDIS_ERRORS as e:
                 raise unavailable("the job queue (Redis)", e) from e
+            ended = ev.WhichOneof("kind") in ("result", "error")
             yield ev
 
     async def cancel(self, owner: str, job_id: str) -> jobs_pb2.Job:

@@ -30,8 +30,12 @@ Arg = bytes | str | int | float
 log = logging.getLogger(__name__)
 
 
-def _error(reply: hiredis.ReplyError) -> rx.ResponseError:
+def _error(reply: hiredis.ReplyError) -> rx.RedisError:
     msg = str(reply)
+    if msg.startswith("LOADING"):
+        # A restarted Redis replaying its append-only file: not there yet, as redis-py's own parser says
+        # (BusyLoadingError is a ConnectionError), so callers answer UNAVAILABLE and retry, not INTERNAL.
+        return rx.BusyLoadingError(msg)
     return rx.NoScriptError(msg) if msg.startswith("NOSCRIPT") else rx.ResponseError(msg)
 
 

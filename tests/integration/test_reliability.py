@@ -171,6 +171,28 @@ def test_watch_past_a_running_jobs_last_event_is_out_of_range(redis_server) -> N
     asyncio.run(go())
 
 
+def test_a_stream_whose_job_vanishes_ends_with_not_found(redis_server) -> None:
+    """A job gone from the store mid-stream (expired, or lost with Redis's data) ends GenerateStream and
+    WatchJob with NOT_FOUND, as it ends Generate: a stream that ended OK without the job's result or
+    error read as a success to a plain gRPC client (found with python -m loadtest.chaos --sabotage drop-jobs)."""
+    async def go() -> None:
+        async with stack(redis_server.url, dispatcher=False) as s:  # no dispatcher: the jobs stay queued
+            stream = s.text.GenerateStream(text_pb2.GenerateStreamRequest(request=text_pb2.TextRequest(
+                model="echo", prompt="a b")), metadata=md(), timeout=20)
+            streamed = (await stream.read()).job_id  # the job id comes first
+            job = (await s.jobs.SubmitJob(jobs_pb2.SubmitJobRequest(spec=echo_spec("c d")), metadata=md())).job
+            watch = s.jobs.WatchJob(jobs_pb2.WatchJobRequest(job_id=job.id), metadata=md(), timeout=20)
+            assert (await watch.read()).event.state == jobs_pb2.JOB_STATE_QUEUED
+            for jid in (streamed, job.id):
+                await s.store.r.delete(s.store.job_key(jid), s.store.events_key(jid))
+            for call in (stream, watch):
+                with pytest.raises(grpc.aio.AioRpcError) as ei:
+                    while await call.read() is not grpc.aio.EOF:
+                        pass
+                assert ei.value.code() == grpc.StatusCode.NOT_FOUND and "expired" in ei.value.details()
+    asyncio.run(go())
+
+
 def test_worker_failures_are_classified_and_the_job_error_carries_the_cause(redis_server, caplog) -> None:
     async def go() -> None:
         async with stack(redis_server.url, max_attempts=2, retry_backoff_ms=50) as s:

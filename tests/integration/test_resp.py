@@ -134,3 +134,44 @@ def test_a_subscription_gets_messages_and_reports_its_loss() -> None:
 
     with RedisServer() as server:
         asyncio.run(go(server))
+
+
+def test_a_server_still_loading_its_data_reads_as_unavailable() -> None:
+    """A restarted Redis answers LOADING until it has replayed its append-only file: Redis not being there
+    yet (redis-py says BusyLoadingError, a ConnectionError), not a failed command. A submission then gets
+    UNAVAILABLE, which clients retry with the same idempotency key, not INTERNAL (python -m loadtest.chaos
+    saw one GenerateStream fail with INTERNAL right after a Redis restart)."""
+    import grpc
+    import hiredis
+
+    from services.common.metrics import Metrics
+    from services.gateway.config import GatewayConfig
+    from services.gateway.dataplane import DataPlane
+    from services.gateway.rpc_errors import RpcError
+    from services.queue.jobstore import JobStore
+    from tessera.v1 import jobs_pb2, text_pb2
+
+    async def loading(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        commands = hiredis.Reader()
+        while data := await reader.read(1 << 16):
+            commands.feed(data)
+            while commands.gets() is not False:  # one error reply per command, as Redis sends while loading
+                writer.write(b"-LOADING Redis is loading the dataset in memory\r\n")
+        writer.close()
+
+    async def go() -> None:
+        server = await asyncio.start_server(loading, "127.0.0.1", 0)
+        url = f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}/0"
+        r = FastRedis(url)
+        with pytest.raises(rx.BusyLoadingError):
+            await r.execute("PING")
+        await r.aclose()
+        store = JobStore.from_url(url)
+        plane = DataPlane(GatewayConfig(), store, Metrics())
+        with pytest.raises(RpcError) as ei:
+            await plane.submit("alice", jobs_pb2.JobSpec(text=text_pb2.TextRequest(prompt="a b")))
+        assert ei.value.code == grpc.StatusCode.UNAVAILABLE
+        await store.aclose()
+        server.close()
+        await server.wait_closed()
+    asyncio.run(go())
