@@ -51,6 +51,19 @@ class SeqDecoder(Protocol):
         ...
 
 
+def final_prefix(x: list[int], start: int, end: int, mask_id: int, eos_id: int | None) -> tuple[list[int], bool]:
+    """The tokens of x[start:end] before its first MASK (final: diffusion decoding never revises a
+    committed token), cut at the first EOS; and whether that EOS ended the generation
+    (models.decoders.base.PrefixEmitter's rule, on plain lists)."""
+    new, i = [], start
+    while i < end and x[i] != mask_id:
+        new.append(x[i])
+        i += 1
+    if eos_id is not None and eos_id in new:
+        return new[: new.index(eos_id)], True
+    return new, False
+
+
 def argmax(values: list[float]) -> int:
     """Index of the first maximum (torch.argmax's tie rule)."""
     best = 0

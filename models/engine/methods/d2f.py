@@ -16,7 +16,7 @@ import torch
 
 from models.decoders import D2FConfig, FinishReason
 from models.decoders.d2f import Block, State
-from models.engine.methods.base import Window, argmax
+from models.engine.methods.base import Window, argmax, final_prefix
 
 
 @dataclass(slots=True)
@@ -115,13 +115,9 @@ class D2FSeq:
         return self._take()
 
     def _take(self) -> list[int]:
-        """The newly final prefix of the generation (models.decoders.base.PrefixEmitter)."""
-        x, i, end, new = self.x, self.p + self.emitted, self.length, []
-        while i < end and x[i] != self.mask_id:
-            new.append(x[i])
-            i += 1
-        if self.eos_id is not None and self.eos_id in new:
-            new = new[: new.index(self.eos_id)]
+        """The newly final prefix of the generation."""
+        new, stopped = final_prefix(self.x, self.p + self.emitted, self.length, self.mask_id, self.eos_id)
+        if stopped:
             self._finish("stop")
         self.emitted += len(new)
         return new

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from models.decoders import FastDLLMConfig, FinishReason
-from models.engine.methods.base import BIDIRECTIONAL, Window, argmax
+from models.engine.methods.base import BIDIRECTIONAL, Window, argmax, final_prefix
 
 
 class FastDLLMSeq:
@@ -61,12 +61,8 @@ class FastDLLMSeq:
         chosen = [i for i in range(len(tokens)) if over[i]] or [argmax(conf)]
         for i in chosen:
             self.x[self._masked[i]] = tokens[i]
-        x, i, new = self.x, self.p + self.emitted, []
-        while i < self.total and x[i] != self.mask_id:
-            new.append(x[i])
-            i += 1
-        if self.eos_id is not None and self.eos_id in new:
-            new = new[: new.index(self.eos_id)]
+        new, stopped = final_prefix(self.x, self.p + self.emitted, self.total, self.mask_id, self.eos_id)
+        if stopped:
             self._finish("stop")
         self.emitted += len(new)
         return new
