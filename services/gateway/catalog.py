@@ -96,8 +96,9 @@ class Catalog:
             return v  # fits whatever the tokenizer does (at most one token per byte)
         n = await self._count(model, prompt)
         if n is not None and n + wanted > info.max_positions:
-            v.append((f"{field}.prompt", f"is {n} tokens in {model!r}'s prompt format; with max_tokens {wanted} "
-                                         f"that needs {n + wanted} positions and the model has {info.max_positions}"))
+            v.append((f"{field}.prompt", f"is {n} tokens in the prompt format of model {model!r}; with max_tokens "
+                                         f"{wanted} that needs {n + wanted} positions and the model has "
+                                         f"{info.max_positions}"))
         return v
 
     async def _count(self, model: str, prompt: str) -> int | None:
