@@ -13,7 +13,7 @@ from torch import nn
 
 from models.attention import VarlenBatch, attend, attend_varlen
 from models.config import ModelConfig
-from models.kv_cache import KVCache, PagedKVCache
+from models.kv_cache import KVCache, PagedKVCache, SlotKVCache
 
 
 class RMSNorm(nn.Module):
@@ -176,6 +176,11 @@ class Transformer(nn.Module):
     def new_paged_cache(self, num_pages: int, page_size: int) -> PagedKVCache:
         p, c = self.embed.weight, self.config
         return PagedKVCache(c.num_layers, num_pages, page_size, c.num_kv_heads, c.head_dim, p.dtype, p.device)
+
+    def new_slot_cache(self, num_slots: int, slot_pages: int, page_size: int) -> SlotKVCache:
+        p, c = self.embed.weight, self.config
+        return SlotKVCache(c.num_layers, num_slots, slot_pages, page_size, c.num_kv_heads, c.head_dim, p.dtype,
+                           p.device)
 
     def new_cache(self, batch: int, capacity: int) -> KVCache:
         p = self.embed.weight

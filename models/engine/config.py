@@ -9,6 +9,7 @@ from typing import Literal
 from models.engine.adaptive import AdaptivePolicy
 
 Layout = Literal["packed", "padded"]
+KVLayout = Literal["auto", "paged", "slots"]
 DEFAULT_SEQ_TOKENS = 4096  # the default pool's room per sequence, for models with more positions
 
 
@@ -22,6 +23,11 @@ class EngineConfig:
     # Smaller pools admit as many sequences and preempt (recompute) the newest when the pool runs out.
     kv_cache_tokens: int | None = None
     layout: Layout = "packed"  # windows back to back (linear layers see real tokens only), or padded to the longest
+    # The pool's layout (models.kv_cache.PagedKVCache): "slots" gives every running sequence a contiguous slot
+    # of the model's positions (up to DEFAULT_SEQ_TOKENS), read by attention as a view; "paged" scatters its
+    # pages over the pool and gathers them every layer. "auto": slots on a CPU when the pool holds
+    # max_num_seqs whole sequences anyway (the default pool, no preemption), else paged.
+    kv_layout: KVLayout = "auto"
     adaptive: AdaptivePolicy = field(default_factory=AdaptivePolicy)
 
     def __post_init__(self) -> None:
@@ -33,9 +39,22 @@ class EngineConfig:
                              f"got {self.kv_cache_tokens}")
         if self.layout not in ("packed", "padded"):
             raise ValueError(f"layout must be packed or padded, got {self.layout!r}")
+        if self.kv_layout not in ("auto", "paged", "slots"):
+            raise ValueError(f"kv_layout must be auto, paged or slots, got {self.kv_layout!r}")
 
     def num_pages(self, max_positions: int) -> int:
         """Pages of the pool, the null page included."""
         per_seq = min(max_positions, DEFAULT_SEQ_TOKENS)
         tokens = self.kv_cache_tokens if self.kv_cache_tokens is not None else self.max_num_seqs * per_seq
         return -(-tokens // self.page_size) + 1
+
+    def slot_pages(self, max_positions: int, device_type: str) -> int:
+        """Pages of one contiguous slot, or 0 for a paged pool (see kv_layout)."""
+        pages = -(-min(max_positions, DEFAULT_SEQ_TOKENS) // self.page_size)
+        whole = self.kv_cache_tokens is None or self.kv_cache_tokens >= self.max_num_seqs * pages * self.page_size
+        if self.kv_layout == "slots":
+            if not whole:
+                raise ValueError(f"kv_layout slots needs kv_cache_tokens >= max_num_seqs x {pages * self.page_size}")
+            return pages
+        auto = self.kv_layout == "auto" and device_type == "cpu" and max_positions <= DEFAULT_SEQ_TOKENS
+        return pages if auto and whole else 0

@@ -99,8 +99,8 @@ class EngineCore:
         self.steps += 1
 
     def _forward(self, plan: Step) -> None:
-        # By key range: neighbours then share an attention chunk with little padding (engine.batch).
-        seqs = sorted(plan.batched, key=lambda s: s.window.end)  # type: ignore[union-attr]
+        key = self.runner.sort_key
+        seqs = sorted(plan.batched, key=lambda s: key(s.window, s.pages))  # type: ignore[arg-type]
         windows = [s.window for s in seqs]
         self.tokens_forwarded += sum(len(w.tokens) for w in windows if w is not None)
         logits, counts = self.runner.run(windows, [s.pages for s in seqs])  # type: ignore[arg-type]

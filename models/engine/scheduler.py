@@ -123,7 +123,7 @@ class Scheduler:
         return True
 
     def _grow(self, seq: Sequence, pages: int) -> None:
-        seq.pages += self.kv.allocate(pages)
+        seq.pages += self.kv.allocate(pages, seq.pages)
         seq.stats.kv_tokens = max(seq.stats.kv_tokens, len(seq.pages) * self.kv.page_size)
 
     def preempt(self, seq: Sequence) -> None:

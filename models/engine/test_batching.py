@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -19,6 +20,7 @@ from models.engine.output import OutputWriter
 from models.engine.request import Plan, RequestStats, TextDelta
 from models.engine.sequence import Sequence
 from models.engine.text_engine import tokenizer_dir
+from models.kv_cache import SlotKVCache
 from models.sampling import SamplingParams
 from models.tokenizer import TextTokenizer
 from models.transformer import Transformer
@@ -106,11 +108,13 @@ def run_core(core: EngineCore, seqs: list[Sequence], join_after: int = 0, every:
 
 @pytest.mark.parametrize("method", list(METHODS))
 @pytest.mark.parametrize("layout", ["packed", "padded"])
+@pytest.mark.parametrize("kv_layout", ["paged", "slots"])
 def test_greedy_batched_equals_each_request_decoded_alone(models: dict[str, Transformer], tok: TextTokenizer,
-                                                          method: str, layout: str) -> None:
+                                                          method: str, layout: str, kv_layout: str) -> None:
     model = models[method]
     params = SamplingParams(max_tokens=96)
-    core = EngineCore(model, EngineConfig(max_num_seqs=8, layout=layout))
+    core = EngineCore(model, EngineConfig(max_num_seqs=8, layout=layout, kv_layout=kv_layout))  # type: ignore[arg-type]
+    assert core.runner.kv.contiguous == (kv_layout == "slots")
     runs = [sequence(model, method, p, params, tok) for p in prompts(tok)]
     run_core(core, [s for s, _ in runs], join_after=2)
     for (s, out), p in zip(runs, prompts(tok), strict=True):
@@ -228,3 +232,24 @@ def test_deadline_and_too_small_pool_through_the_text_engine() -> None:
     ok = eng.generate([QUESTIONS[0]], SamplingParams(max_tokens=64))[0]
     assert ok.finish_reason == "stop" and ok.text.endswith("The answer is 22.")
     eng.close()
+
+
+def test_slot_pool_keeps_sequences_in_their_slots() -> None:
+    kv = SlotKVCache(1, num_slots=3, slot_pages=4, page_size=8, num_kv_heads=2, head_dim=4, dtype=torch.float32,
+                     device="cpu")
+    a, b = kv.allocate(2), kv.allocate(1)
+    assert (kv.slot_of(a), kv.slot_of(b)) == (0, 1) and a == [1, 2] and b == [5]
+    a += kv.allocate(2, a)  # grows inside its own slot
+    assert a == [1, 2, 3, 4] and kv.free_pages == 12 - 5
+    with pytest.raises(ValueError, match="more than its slot"):
+        kv.allocate(1, a)
+    kv.release(a)
+    assert kv.slot_of(kv.allocate(1)) == 0  # the lowest free slot again: running sequences stay packed
+    kv.allocate(1)
+    with pytest.raises(ValueError, match="every slot is held"):
+        kv.allocate(1)
+    # Each token's heads land in its slot's rows at its position: slot 1, position 3, heads 0 and 1.
+    assert kv.slot_rows(np.array([1]), np.array([3])).tolist() == [1 * 2 * 32 + 0 * 32 + 3, 1 * 2 * 32 + 1 * 32 + 3]
+    with pytest.raises(ValueError, match="kv_layout slots needs"):
+        EngineConfig(max_num_seqs=4, kv_cache_tokens=64, kv_layout="slots").slot_pages(4096, "cpu")
+    assert EngineConfig(max_num_seqs=4).slot_pages(256, "cuda") == 0  # paged on a GPU unless asked

@@ -101,9 +101,9 @@ class TextEngine:
             raise ValueError(f"prompt ({len(ids)} tokens) + max_tokens ({max_tokens}) exceeds "
                              f"the model's {self.max_positions} positions")
         kv = self.core.runner.kv
-        if kv.pages_for(len(ids) + max_tokens) > kv.usable_pages:
+        if kv.pages_for(len(ids) + max_tokens) > kv.max_seq_pages:
             raise ValueError(f"prompt ({len(ids)} tokens) + max_tokens ({max_tokens}) exceeds the KV pool "
-                             f"({kv.usable_pages * kv.page_size} tokens)")
+                             f"({kv.max_seq_pages * kv.page_size} tokens)")
         return Plan(request, ids, request.seeded_params(), decoder)
 
     def stream(self, request: Plan | TextRequest | str, params: SamplingParams | None = None) -> Iterator[TextDelta]:
