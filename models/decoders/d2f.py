@@ -36,6 +36,12 @@ class D2FConfig:
     tau_add: float = 0.1  # append a new block when the last is this fraction decoded
     tau_act: float = 0.95  # fully activate a block when its predecessor is this fraction decoded
     tau_conf: float = 0.9  # commit tokens more confident than this
+    # max_tokens not a multiple of block_size: Tessera decodes a short last block, so a request gets
+    # up to exactly max_tokens tokens. The D2F reference (HF eval loop, d2f.md §3.5) only ever adds
+    # max_new_tokens // block_size whole blocks; whole_blocks=True decodes exactly that, for
+    # reference-exact outputs. Greedy, the whole blocks decode identically either way (under the
+    # block-causal mask no block sees a later one): the default's output starts with the reference's.
+    whole_blocks: bool = False
 
     def __post_init__(self) -> None:
         if self.block_size <= 0:
@@ -43,6 +49,15 @@ class D2FConfig:
         for name in ("tau_add", "tau_act", "tau_conf"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+
+    def gen_tokens(self, max_tokens: int) -> int:
+        """The positions a request of max_tokens decodes (see whole_blocks)."""
+        if not self.whole_blocks:
+            return max_tokens
+        if max_tokens < self.block_size:
+            raise ValueError(f"whole_blocks decoding needs max_tokens >= block_size ({self.block_size}), "
+                             f"got {max_tokens}")
+        return max_tokens - max_tokens % self.block_size
 
 
 class State(Enum):
@@ -77,7 +92,7 @@ class D2FDecoder:
     @torch.inference_mode()
     def decode(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[DecodeEvent]:
         cfg, dev = self.cfg, model_device(self.model)
-        p, n = len(prompt_ids), params.max_tokens
+        p, n = len(prompt_ids), cfg.gen_tokens(params.max_tokens)
         x = torch.full((p + n,), self.mask_id, dtype=torch.long, device=dev)
         x[:p] = torch.tensor(prompt_ids, device=dev)
         ids = block_ids(p, p + n, cfg.block_size, dev)

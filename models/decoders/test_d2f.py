@@ -122,3 +122,24 @@ def test_block_ratio_and_config_validation() -> None:
         D2FConfig(block_size=0)
     with pytest.raises(ValueError):
         D2FDecoder(tiny("qwen2"))
+
+
+def _decode(model: Transformer, n: int, **cfg: object) -> list[int]:
+    events = D2FDecoder(model, D2FConfig(block_size=8, **cfg)).decode([3, 4, 5], SamplingParams(max_tokens=n))  # type: ignore[arg-type]
+    return [t for e in events for t in e.token_ids]
+
+
+@pytest.mark.parametrize("layout", ["llada", "dream"])
+def test_whole_blocks_decodes_what_the_reference_does_and_the_default_extends_it(layout: str) -> None:
+    """max_tokens 30, blocks of 8: the reference decodes 3 whole blocks (24 positions); Tessera's
+    default decodes a short 6-token fourth block too, and agrees on everything before it (greedy)."""
+    longer = 0
+    for seed in range(4):
+        model = tiny(layout, seed=seed)
+        exact, default = _decode(model, 30, whole_blocks=True), _decode(model, 30)
+        assert exact == _decode(model, 24) and len(exact) <= 24
+        assert default[:len(exact)] == exact
+        longer += len(default) > 24
+    assert longer  # some seed decoded into the short block: the comparison above covered it
+    with pytest.raises(ValueError, match="max_tokens >= block_size"):
+        _decode(tiny("llada"), 7, whole_blocks=True)

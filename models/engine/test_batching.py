@@ -253,3 +253,15 @@ def test_slot_pool_keeps_sequences_in_their_slots() -> None:
     with pytest.raises(ValueError, match="kv_layout slots needs"):
         EngineConfig(max_num_seqs=4, kv_cache_tokens=64, kv_layout="slots").slot_pages(4096, "cpu")
     assert EngineConfig(max_num_seqs=4).slot_pages(256, "cuda") == 0  # paged on a GPU unless asked
+
+
+def test_whole_blocks_in_the_batched_engine_equals_the_decoder_alone(models: dict[str, Transformer],
+                                                                     tok: TextTokenizer) -> None:
+    model = models["d2f"]
+    params = SamplingParams(max_tokens=40)  # 2 whole blocks of 16 and a short one of 8 by default
+    core = EngineCore(model, EngineConfig(max_num_seqs=4))
+    runs = [sequence(model, "d2f", p, params, tok, block_size=16, whole_blocks=True) for p in prompts(tok)]
+    run_core(core, [s for s, _ in runs], join_after=1)
+    for (_, out), p in zip(runs, prompts(tok), strict=True):
+        assert out.error is None and len(out.tokens) <= 32
+        assert out.tokens == alone(model, "d2f", p, params, block_size=16, whole_blocks=True)[0]

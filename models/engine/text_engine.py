@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from models.checkpoint import load_model
-from models.decoders import make_decoder
+from models.decoders import D2FDecoder, make_decoder
 from models.engine.config import EngineConfig
 from models.engine.core import EngineCore
 from models.engine.driver import EngineLoop, apull, async_sink, pull, thread_sink
@@ -97,6 +97,8 @@ class TextEngine:
                    else make_decoder(self.model, self.method, **opts))
         ids = self.encode_prompt(request.prompt)
         max_tokens = request.params.max_tokens
+        if isinstance(decoder, D2FDecoder):
+            decoder.cfg.gen_tokens(max_tokens)  # whole_blocks: refuse a request under one block here
         if len(ids) + max_tokens > self.max_positions:
             raise ValueError(f"prompt ({len(ids)} tokens) + max_tokens ({max_tokens}) exceeds "
                              f"the model's {self.max_positions} positions")

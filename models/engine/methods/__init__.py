@@ -19,7 +19,8 @@ def make_state(model: Transformer, decoder: Decoder, prompt: list[int],
     mc = model.config
     if isinstance(decoder, D2FDecoder):
         assert mc.mask_token_id is not None
-        return D2FSeq(prompt, params.max_tokens, decoder.cfg, mc.mask_token_id, mc.eos_token_id, mc.shift_logits)
+        return D2FSeq(prompt, decoder.cfg.gen_tokens(params.max_tokens), decoder.cfg, mc.mask_token_id,
+                      mc.eos_token_id, mc.shift_logits)
     if isinstance(decoder, FastDLLMDecoder):
         assert mc.mask_token_id is not None
         return FastDLLMSeq(prompt, params.max_tokens, decoder.cfg, mc.mask_token_id, mc.eos_token_id,

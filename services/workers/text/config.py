@@ -26,6 +26,7 @@ class DecoderDefaults:
     tau_add: float = 0.1
     tau_act: float = 0.95
     tau_conf: float = 0.9
+    whole_blocks: bool = False  # D2F: max_tokens // block_size whole blocks, as the reference (no short last block)
 
     def __post_init__(self) -> None:
         D2FConfig(**asdict(self))  # the decoder's own validation, raised at config load

@@ -19,7 +19,8 @@ def test_shipped_serve_config_is_the_embedded_model_with_the_paper_defaults() ->
     m = args.model
     assert (m.name, m.method, m.default_max_tokens) == ("d2f-arith", "d2f", 128)
     assert m.path == REPO_ROOT / "checkpoints/arith-d2f-lora"
-    assert m.decoder.options_for("d2f") == {"block_size": 32, "tau_add": 0.1, "tau_act": 0.95, "tau_conf": 0.9}
+    assert m.decoder.options_for("d2f") == {"block_size": 32, "tau_add": 0.1, "tau_act": 0.95, "tau_conf": 0.9,
+                                               "whole_blocks": False}
 
 
 def test_absolute_model_dir_is_kept(tmp_path: Path) -> None:
