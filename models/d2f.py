@@ -29,11 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tau-add", type=float, default=0.1)
     ap.add_argument("--tau-act", type=float, default=0.95)
     ap.add_argument("--tau-conf", type=float, default=0.9)
-    ap.add_argument("--raw", action="store_true", help="do not wrap the prompt in the model's template")
+    ap.add_argument("--raw", action="store_true",
+                    help="send the prompt as is: no chat template or prompt template, no BOS")
     args = ap.parse_args(argv)
     engine = TextEngine(args.model, "d2f", {"block_size": args.block_size, "tau_add": args.tau_add,
                                             "tau_act": args.tau_act, "tau_conf": args.tau_conf},
-                        template=not args.raw)
+                        prompt_format="raw" if args.raw else "auto")
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens,
                             seed=args.seed)
     t0 = time.perf_counter()

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Protocol
 
 from tokenizers import Tokenizer
+
+from models.prompting import PromptFormat, load_tokenizer_config
 
 
 class TextCodec(Protocol):
@@ -22,9 +23,8 @@ class TextTokenizer:
     def __init__(self, model_dir: str | Path) -> None:
         d = Path(model_dir)
         self.tok = Tokenizer.from_file(str(d / "tokenizer.json"))
-        cfg_path = d / "tokenizer_config.json"
-        cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
-        self.prompt_template: str | None = cfg.get("prompt_template")
+        cfg = load_tokenizer_config(d)
+        self.prompt_format = PromptFormat.from_config(cfg)  # chat template, BOS, prompt_template
         self.model_max_length: int | None = cfg.get("model_max_length")
 
     def encode(self, text: str) -> list[int]:
@@ -33,9 +33,19 @@ class TextTokenizer:
     def decode(self, ids: list[int]) -> str:
         return self.tok.decode(ids, skip_special_tokens=True)
 
-    def format_prompt(self, prompt: str) -> str:
-        """Wrap a user prompt in the model's template (tiny models); real ones get raw text."""
-        return self.prompt_template.format(prompt=prompt) if self.prompt_template else prompt
+    def encode_prompt(self, prompt: str, mode: str = "auto") -> list[int]:
+        """A user prompt's ids in the model's prompt format (models.prompting: chat template, BOS, the tiny
+        models' prompt_template; "raw" = the text alone). Raises ValueError for a mode the checkpoint lacks."""
+        text, bos = self.prompt_format.render(prompt, mode)
+        ids = self.encode(text)
+        if bos:
+            bos_token = self.prompt_format.bos_token
+            bos_id = self.token_id(bos_token) if bos_token is not None else None
+            if bos_id is None:
+                raise ValueError(f"bos_token {bos_token!r} is not in the tokenizer's vocabulary")
+            if ids[:1] != [bos_id]:  # once: a template that writes bos_token already has it
+                ids.insert(0, bos_id)
+        return ids
 
     def token_id(self, token: str) -> int | None:
         return self.tok.token_to_id(token)

@@ -57,7 +57,7 @@ def tok() -> TextTokenizer:
 
 
 def prompts(tok: TextTokenizer) -> list[list[int]]:
-    return [tok.encode(tok.format_prompt(q)) for q in QUESTIONS]
+    return [tok.encode_prompt(q) for q in QUESTIONS]
 
 
 def alone(model: Transformer, method: str, prompt: list[int], params: SamplingParams,

@@ -48,19 +48,23 @@ def tokenizer_dir(model_dir: Path) -> Path:
 class TextEngine:
     def __init__(self, model_dir: str | Path, method: str = "d2f", decoder_options: dict[str, Any] | None = None,
                  dtype: torch.dtype = torch.float32, device: str = "cpu", template: bool = True,
-                 max_concurrency: int = 16, config: EngineConfig | None = None) -> None:
-        """max_concurrency: sequences decoded together (EngineConfig.max_num_seqs), unless `config` is given."""
+                 max_concurrency: int = 16, config: EngineConfig | None = None,
+                 prompt_format: str = "auto") -> None:
+        """max_concurrency: sequences decoded together (EngineConfig.max_num_seqs), unless `config` is given.
+        prompt_format: how prompts are formatted (models.prompting: "auto", "chat", "template", "raw");
+        template=False is the older spelling of prompt_format="raw"."""
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
         self.model_dir = Path(model_dir)
-        self.model = load_model(self.model_dir, dtype=dtype, device=device)
         self.tokenizer = TextTokenizer(tokenizer_dir(self.model_dir))
+        self.prompt_format = prompt_format if template else "raw"
+        self.tokenizer.encode_prompt("x", self.prompt_format)  # a mode the checkpoint lacks fails before the load
+        self.model = load_model(self.model_dir, dtype=dtype, device=device)
         self.method = method
         self.decoder_options = dict(decoder_options or {})
         # The single-sequence decoder: the request's config (thresholds) for the batched engine, and
         # the reference the batched engine is tested against (vanilla runs it as is, batch-1).
         self.decoder = make_decoder(self.model, method, **self.decoder_options)
-        self.template = template
         self.config = config or EngineConfig(max_num_seqs=max_concurrency)
         self.core = EngineCore(self.model, self.config)
         self.loop = EngineLoop(self.core)
@@ -78,9 +82,9 @@ class TextEngine:
         """KV pool bytes one token of one sequence holds (a sequence holds whole pages of them)."""
         return self.core.kv_bytes_per_token
 
-    def encode_prompt(self, prompt: str) -> list[int]:
-        text = self.tokenizer.format_prompt(prompt) if self.template else prompt
-        ids = self.tokenizer.encode(text)
+    def encode_prompt(self, prompt: str, raw: bool = False) -> list[int]:
+        """The prompt's ids in the engine's prompt format; raw: the text alone (no template, no BOS)."""
+        ids = self.tokenizer.encode_prompt(prompt, "raw" if raw else self.prompt_format)
         if not ids:
             raise ValueError("prompt encodes to no tokens")
         return ids
@@ -95,7 +99,7 @@ class TextEngine:
         # A request's own decoder config (its thresholds), never a mutated shared one.
         decoder = (self.decoder if opts is None or opts == self.decoder_options
                    else make_decoder(self.model, self.method, **opts))
-        ids = self.encode_prompt(request.prompt)
+        ids = self.encode_prompt(request.prompt, raw=request.raw_prompt)
         max_tokens = request.params.max_tokens
         if isinstance(decoder, D2FDecoder):
             decoder.cfg.gen_tokens(max_tokens)  # whole_blocks: refuse a request under one block here

@@ -11,6 +11,7 @@ from pydantic import Field
 
 from models.decoders import METHODS, D2FConfig
 from models.engine import AdaptivePolicy, EngineConfig
+from models.prompting import PROMPT_MODES
 from services.workers.config import STRICT, AppArgs, ModelSection, check_max_tokens
 
 D2F_KNOBS = ("tau_add", "tau_act", "tau_conf")
@@ -75,6 +76,9 @@ class TextModelConfig(ModelSection):
     name: str = "d2f-arith"
     model_dir: str = "checkpoints/arith-d2f-lora"  # relative = against the repo root
     method: str = "d2f"
+    # How prompts are formatted (models.prompting): "auto" = the checkpoint's chat template (with BOS), else
+    # its prompt_template (the tiny models), else as is; "chat" / "template" insist on one; "raw" = as is.
+    prompt_format: str = "auto"
     decoder: DecoderDefaults = field(default_factory=DecoderDefaults)
     batching: BatchingDefaults = field(default_factory=BatchingDefaults)
     default_max_tokens: int = 128
@@ -84,6 +88,8 @@ class TextModelConfig(ModelSection):
         ModelSection.__post_init__(self)  # (zero-argument super() does not work in slotted dataclasses)
         if self.method not in METHODS:
             raise ValueError(f"model.method must be one of {METHODS}, got {self.method!r}")
+        if self.prompt_format not in PROMPT_MODES:
+            raise ValueError(f"model.prompt_format must be one of {PROMPT_MODES}, got {self.prompt_format!r}")
         check_max_tokens(self.default_max_tokens, self.max_tokens_limit)
         self.decoder.options_for(self.method)
 

@@ -47,7 +47,8 @@ class LocalTextEngine:
         prepare_replica(self.cfg)
         self.engine = await asyncio.to_thread(
             TextEngine, self.cfg.path, self.cfg.method, self._defaults, dtype=getattr(torch, self.cfg.dtype),
-            device=self.cfg.device, config=self.cfg.batching.engine_config(self.max_concurrency))
+            device=self.cfg.device, config=self.cfg.batching.engine_config(self.max_concurrency),
+            prompt_format=self.cfg.prompt_format)
 
     @property
     def max_positions(self) -> int:
@@ -60,7 +61,8 @@ class LocalTextEngine:
         assert self.engine is not None, "start() first"
         if self._description is None:
             tok = self.engine.tokenizer
-            # Positions the prompt format adds: a one-word prompt formatted minus the word alone.
+            # Positions the prompt format adds (template, chat template, BOS; 0 when "raw"): a one-word
+            # prompt formatted minus the word alone.
             overhead = max(0, len(self.engine.encode_prompt("x")) - len(tok.encode("x")))
             self._description = DescribeTextResponse(models=[TextModelInfo(
                 name=self.cfg.name, method=self.cfg.method, max_positions=self.max_positions,

@@ -29,6 +29,7 @@ def test_absolute_model_dir_is_kept(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("data,message", [
     ({"model": {"method": "beam"}}, "args.model: model.method must be one of"),
+    ({"model": {"prompt_format": "llama3"}}, "args.model: model.prompt_format must be one of"),
     ({"model": {"decoder": {"tau_conf": 1.5}}}, "args.model.decoder: tau_conf must be in [0, 1]"),
     ({"model": {"decoder": {"block_size": 0}}}, "block_size must be positive"),
     ({"model": {"default_max_tokens": 600}}, "default_max_tokens must be in [1, max_tokens_limit=512]"),
@@ -43,6 +44,11 @@ def test_invalid_args_name_the_key(data: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError) as err:
         TextArgs.load(data)
     assert message in str(err.value)
+
+
+def test_prompt_format_defaults_to_auto() -> None:
+    assert TextModelConfig().prompt_format == "auto"
+    assert TextArgs.load({"model": {"prompt_format": "raw"}}).model.prompt_format == "raw"
 
 
 def test_decoder_knobs_per_method() -> None:

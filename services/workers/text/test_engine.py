@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -17,7 +19,7 @@ from services.workers.protocol import InvalidRequestError
 from services.workers.text.config import TextModelConfig
 from services.workers.text.conftest import MAX_POSITIONS
 from services.workers.text.engine import LocalTextEngine
-from tessera.worker.v1.worker_pb2 import GenerateTextRequest, GenerateTextResponse
+from tessera.worker.v1.worker_pb2 import CountTokensRequest, GenerateTextRequest, GenerateTextResponse
 
 PROMPT = "What is 2+3?"
 SLOW = {"max_tokens": 900, "tau_conf": 1.0, "tau_act": 1.0}  # one token per forward
@@ -118,3 +120,32 @@ def test_shutdown_ends_health(tiny_model_dir: Path) -> None:
     asyncio.run(eng.shutdown())
     with pytest.raises(RuntimeError, match="not started"):
         asyncio.run(eng.check_health())
+
+
+def test_prompt_overhead_and_counts_follow_the_prompt_format(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """describe's overhead and CountTokens under each mode; "chat" on a copy of the tiny model given a chat
+    template and a BOS (the tiny tokenizer's <|endoftext|> plays it)."""
+    chat_dir = shutil.copytree(tiny_model_dir, tmp_path / "chat")
+    cfg_path = chat_dir / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg.update(bos_token="<|endoftext|>", chat_template="<|user|>{{ messages[0]['content'] }}<|assistant|>")
+    cfg_path.write_text(json.dumps(cfg))
+    prompt = "What is 12+30?"
+    seen = {}
+    for mode, d in (("raw", tiny_model_dir), ("template", tiny_model_dir), ("auto", tiny_model_dir),
+                    ("chat", chat_dir)):
+        eng = LocalTextEngine(TextModelConfig(name="tiny", model_dir=str(d), prompt_format=mode))
+        asyncio.run(eng.start())
+        try:
+            assert eng.engine is not None
+            tok = eng.engine.tokenizer
+            overhead = eng.describe().models[0].prompt_overhead_tokens
+            count = eng.count_tokens(CountTokensRequest(model="tiny", prompt=prompt)).prompt_tokens
+            assert count == len(tok.encode_prompt(prompt, mode))
+            seen[mode] = (overhead, count - len(tok.encode(prompt)))
+        finally:
+            asyncio.run(eng.shutdown())
+    bos_and_markers = 1 + len(tok.encode("<|user|>")) + len(tok.encode("<|assistant|>"))
+    assert seen["raw"] == (0, 0)
+    assert seen["template"] == seen["auto"] and seen["template"][0] > 0
+    assert seen["chat"] == (bos_and_markers, bos_and_markers)
