@@ -27,6 +27,7 @@ class TextRequest:
     decoder_options: dict[str, Any] | None = None  # make_decoder options for this request; None = the engine's
     skip_tokens: int = 0  # resume: tokens an earlier attempt already delivered are decoded but not sent
     timeout_s: float | None = None  # deadline, from submission; past it the request stops (DeadlineExceeded)
+    raw_prompt: bool = False  # send the prompt as is: no chat template, no BOS
 
     def __post_init__(self) -> None:
         if self.timeout_s is not None and self.timeout_s <= 0:
