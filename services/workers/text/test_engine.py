@@ -17,7 +17,7 @@ from services.workers.protocol import InvalidRequestError
 from services.workers.text.config import TextModelConfig
 from services.workers.text.conftest import MAX_POSITIONS
 from services.workers.text.engine import LocalTextEngine
-from tessera.worker.v1.worker_pb2 import GenerateTextRequest, GenerateTextResponse
+from tessera.worker.v1.worker_pb2 import CountTokensRequest, GenerateTextRequest, GenerateTextResponse
 
 PROMPT = "What is 2+3?"
 SLOW = {"max_tokens": 900, "tau_conf": 1.0, "tau_act": 1.0}  # one token per forward
@@ -80,6 +80,20 @@ def test_bad_requests_raise_invalid_request(local: LocalTextEngine, fields: dict
     with pytest.raises(InvalidRequestError) as err:
         generate(local, **fields)
     assert message in str(err.value)
+
+
+def test_raw_prompt_reaches_the_engine_and_is_counted_without_the_format(local: LocalTextEngine) -> None:
+    assert local.plan(GenerateTextRequest(prompt=PROMPT, raw_prompt=True)).request.raw_prompt
+    assert not local.plan(GenerateTextRequest(prompt=PROMPT)).request.raw_prompt
+    assert local.engine is not None
+    formatted = local.count_tokens(CountTokensRequest(prompt=PROMPT)).prompt_tokens
+    raw = local.count_tokens(CountTokensRequest(prompt=PROMPT, raw_prompt=True)).prompt_tokens
+    assert formatted == len(local.engine.encode_prompt(PROMPT))
+    assert raw == len(local.engine.tokenizer.encode(PROMPT))
+    # The tiny model's "Question: {prompt}\nAnswer:" is the whole difference: describe()'s overhead.
+    assert formatted - raw == local.describe().models[0].prompt_overhead_tokens > 0
+    with pytest.raises(InvalidRequestError, match="encodes to no tokens"):
+        local.count_tokens(CountTokensRequest(prompt="", raw_prompt=True))
 
 
 def test_a_cancelled_or_abandoned_call_stops_decoding(local: LocalTextEngine) -> None:
