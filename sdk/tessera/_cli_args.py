@@ -49,6 +49,8 @@ def generation_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--block-size", type=int, default=0, help="D2F block size in tokens")
     for tau in ("add", "act", "conf"):
         g.add_argument(f"--tau-{tau}", type=float, default=None, help=f"D2F threshold tau_{tau} in [0, 1]")
+    g.add_argument("--raw", action="store_true", dest="raw_prompt",
+                   help="send the prompt exactly as written: no chat template, no BOS (you formatted it)")
 
 
 def image_options(parser: argparse.ArgumentParser, edit: bool) -> None:
@@ -74,7 +76,7 @@ def understand_options(parser: argparse.ArgumentParser) -> None:
 def text_params(args: argparse.Namespace) -> TextParams:
     return TextParams(model=args.model, max_tokens=args.max_tokens, temperature=args.temperature,
                       top_p=args.top_p, seed=args.seed, block_size=args.block_size, tau_add=args.tau_add,
-                      tau_act=args.tau_act, tau_conf=args.tau_conf)
+                      tau_act=args.tau_act, tau_conf=args.tau_conf, raw_prompt=args.raw_prompt)
 
 
 def image_params(args: argparse.Namespace) -> ImageParams:

@@ -120,15 +120,17 @@ class TextParams(TypedDict, total=False):
     tau_add: float | None
     tau_act: float | None
     tau_conf: float | None
+    raw_prompt: bool
 
 
 def text_request(prompt: str, *, model: str = "", max_tokens: int = 0, temperature: float = 0.0,
                  top_p: float = 0.0, seed: int | None = None, block_size: int = 0,
                  tau_add: float | None = None, tau_act: float | None = None,
-                 tau_conf: float | None = None) -> text_pb2.TextRequest:
-    """Build a TextRequest; zero/None means "model default", and the gateway validates ranges."""
+                 tau_conf: float | None = None, raw_prompt: bool = False) -> text_pb2.TextRequest:
+    """Build a TextRequest; zero/None means "model default", and the gateway validates ranges.
+    raw_prompt sends the prompt exactly as written (no chat template, no BOS)."""
     params = text_pb2.TextParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-                                 block_size=block_size)
+                                 block_size=block_size, raw_prompt=raw_prompt)
     # `optional` fields: leaving them unset (not 0) is what asks for the default.
     for name, value in (("seed", seed), ("tau_add", tau_add), ("tau_act", tau_act), ("tau_conf", tau_conf)):
         if value is not None:

@@ -231,7 +231,9 @@ class Client:
         """Generate text and wait for all of it.
 
         Params (model, max_tokens, temperature, top_p, seed, block_size, tau_add, tau_act, tau_conf)
-        default to the model's own; `idempotency_key` (auto-generated if omitted) makes retries safe.
+        default to the model's own; `raw_prompt=True` sends the prompt exactly as written (no chat
+        template, no BOS: for a prompt formatted by the caller). `idempotency_key` (auto-generated if
+        omitted) makes retries safe.
         """
         request = _common.generate_request(prompt, idempotency_key, params)
         response, request_id = self._unary_with_id(self._text.Generate, request, timeout)

@@ -25,7 +25,7 @@ def test_generate_and_stream(server: FakeGateway) -> None:
     async def body(client: tessera.AsyncClient) -> None:
         res = await client.generate_text("2+3?", max_tokens=8, tau_conf=0.75)
         assert res.text == "".join(CHUNKS) and res.usage.completion_tokens == 6
-        stream = client.stream_text("2+3?")
+        stream = client.stream_text("2+3?", raw_prompt=True)
         chunks = [c async for c in stream]
         assert [c.text for c in chunks] == list(CHUNKS)
         assert stream.result is not None and stream.result.job_id == stream.job_id == chunks[0].job_id
@@ -33,6 +33,7 @@ def test_generate_and_stream(server: FakeGateway) -> None:
     run(server, body)
     gen, streamed = server.rec.requests
     assert gen.request.params.tau_conf == 0.75 and gen.idempotency_key and streamed.idempotency_key
+    assert not gen.request.params.raw_prompt and streamed.request.params.raw_prompt
     assert gen.idempotency_key != streamed.idempotency_key
     assert all(md["authorization"] == f"Bearer {API_KEY}" for md in server.rec.metadata)
 

@@ -33,7 +33,7 @@ def test_text_streams_to_stdout_and_summarizes_on_stderr(server: FakeGateway) ->
     assert "6 tokens, 1.50 tokens/forward, first chunk 0.25s, total 1.00s" in proc.stderr
     (req,) = server.rec.requests
     assert (req.request.params.max_tokens, req.request.params.seed, req.request.params.tau_conf) == (16, 3, 0.5)
-    assert req.idempotency_key
+    assert req.idempotency_key and not req.request.params.raw_prompt  # the model's prompt format by default
 
 
 def test_invalid_argument_exits_2_with_one_line_message(server: FakeGateway) -> None:
@@ -125,7 +125,7 @@ def test_jobs_submit_every_kind(server: FakeGateway, capsys: pytest.CaptureFixtu
         "image": ["image", "two triangles", "--size", "64", "--steps", "3", "--seed", "5"],
         "edit": ["edit", str(png), "make it red", "--image-guidance-scale", "1.5", "--model", "m"],
         "understand": ["understand", str(png), "what is it?", "--max-tokens", "7"],
-        "text": ["text", "2+3?", "--temperature", "0.5", "--idempotency-key", "key-1"],
+        "text": ["text", "Q: 2+3?\nA:", "--temperature", "0.5", "--idempotency-key", "key-1", "--raw"],
     }
     for kind, argv in runs.items():
         assert cli.main(["jobs", "submit", *argv, *conn]) == 0, kind
@@ -137,7 +137,8 @@ def test_jobs_submit_every_kind(server: FakeGateway, capsys: pytest.CaptureFixtu
     assert edit.edit.params.image_guidance_scale == 1.5
     assert (understand.understand.question, understand.understand.max_tokens) == ("what is it?", 7)
     assert (text.text.prompt, text.text.params.temperature, server.rec.requests[-1].idempotency_key) == (
-        "2+3?", 0.5, "key-1")
+        "Q: 2+3?\nA:", 0.5, "key-1")
+    assert text.text.params.raw_prompt  # --raw
     assert cli.main(["jobs", "submit", "edit", str(tmp_path / "missing.png"), "x", *conn]) == 2
     assert "cannot read" in capsys.readouterr().err
 

@@ -21,7 +21,8 @@ def client(server: FakeGateway) -> Iterator[tessera.Client]:
 
 def test_generate_round_trip_sends_params_auth_and_idempotency_key(client: tessera.Client,
                                                                     server: FakeGateway) -> None:
-    res = client.generate_text("2+3?", model="d2f-arith", max_tokens=64, temperature=0.5, seed=7, tau_add=0.25)
+    res = client.generate_text("2+3?", model="d2f-arith", max_tokens=64, temperature=0.5, seed=7, tau_add=0.25,
+                               raw_prompt=True)
     assert res.text == "".join(CHUNKS) and res.finish_reason == "stop" and res.model == "d2f-test"
     assert res.usage == tessera.Usage(7, 6, 4, 1.5, 0.25, 1.0, 0.125)
     (req,) = server.rec.requests
@@ -29,7 +30,7 @@ def test_generate_round_trip_sends_params_auth_and_idempotency_key(client: tesse
     assert res.request_id == server.rec.request_ids[0] == "req-1"
     p = req.request.params
     assert (req.request.model, p.max_tokens, p.temperature, p.seed, p.tau_add) == ("d2f-arith", 64, 0.5, 7, 0.25)
-    assert not p.HasField("tau_conf")
+    assert not p.HasField("tau_conf") and p.raw_prompt
     (md,) = server.rec.metadata
     assert md["authorization"] == f"Bearer {API_KEY}" and md["user-agent"].startswith("tessera-python/")
 

@@ -18,9 +18,10 @@ def client(server: FakeGateway) -> Iterator[tessera.Client]:
 
 
 def test_submit_is_idempotent_and_get_returns_the_job(client: tessera.Client, server: FakeGateway) -> None:
-    job = client.submit_text_job("2+3?", max_tokens=32, seed=1)
+    job = client.submit_text_job("2+3?", max_tokens=32, seed=1, raw_prompt=True)
     assert job.state == jobs_pb2.JOB_STATE_QUEUED and len(job.idempotency_key) == 32
     assert job.spec.text.prompt == "2+3?" and job.spec.text.params.max_tokens == 32
+    assert job.spec.text.params.raw_prompt
     again = client.submit_text_job("2+3?", idempotency_key=job.idempotency_key)
     assert again.id == job.id and len(server.jobs.jobs) == 1
     assert client.get_job(job.id) == job

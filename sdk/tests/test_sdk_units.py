@@ -24,6 +24,8 @@ def test_text_request_leaves_optional_params_unset_unless_given() -> None:
     assert req.params.HasField("seed") and req.params.seed == 0  # 0 is a real seed, not "default"
     assert req.params.HasField("tau_conf") and not req.params.HasField("tau_add")
     assert not req.params.HasField("tau_act")
+    assert not req.params.raw_prompt  # the model's prompt format unless asked
+    assert _common.text_request("<s>Q: hi\nA:", raw_prompt=True).params.raw_prompt
 
 
 def test_text_request_rejects_unknown_params() -> None:
@@ -43,6 +45,7 @@ def test_submissions_always_carry_an_idempotency_key() -> None:
 
 def test_job_specs_of_every_kind() -> None:
     assert _common.text_spec("p", {"seed": 0}).text.params.HasField("seed")
+    assert _common.text_spec("p", {"raw_prompt": True}).text.params.raw_prompt
     image = _common.image_spec("a cat", {"model": "m", "width": 64, "seed": 3}).image
     assert (image.model, image.prompt, image.params.width, image.params.seed) == ("m", "a cat", 64, 3)
     edit = _common.edit_spec(b"png", "make it red", {"image_guidance_scale": 1.5}).edit

@@ -134,10 +134,12 @@ class WorkerClient:
         """The text app's models and limits (TextWorkerService.DescribeText)."""
         return await self.text.DescribeText(worker_pb2.DescribeTextRequest(), timeout=timeout, metadata=self._md)
 
-    async def count_tokens(self, model: str, prompt: str, timeout: float) -> worker_pb2.CountTokensResponse:
-        """Positions a prompt takes in the text app's prompt format (TextWorkerService.CountTokens)."""
-        return await self.text.CountTokens(worker_pb2.CountTokensRequest(model=model, prompt=prompt),
-                                           timeout=timeout, metadata=self._md)
+    async def count_tokens(self, model: str, prompt: str, timeout: float,
+                           raw_prompt: bool = False) -> worker_pb2.CountTokensResponse:
+        """Positions a prompt takes in the text app's prompt format, or as is when raw_prompt
+        (TextWorkerService.CountTokens)."""
+        req = worker_pb2.CountTokensRequest(model=model, prompt=prompt, raw_prompt=raw_prompt)
+        return await self.text.CountTokens(req, timeout=timeout, metadata=self._md)
 
     def start_generate(self, job_id: str, req: text_pb2.TextRequest, skip_tokens: int,
                        timeout: float | None, call_id: str = "") -> StartedCall:
@@ -145,7 +147,7 @@ class WorkerClient:
         p = req.params
         wreq = worker_pb2.GenerateTextRequest(
             job_id=job_id, model=req.model, prompt=req.prompt, max_tokens=p.max_tokens, temperature=p.temperature,
-            top_p=p.top_p, block_size=p.block_size, skip_tokens=skip_tokens)
+            top_p=p.top_p, block_size=p.block_size, skip_tokens=skip_tokens, raw_prompt=p.raw_prompt)
         for name in ("seed", "tau_add", "tau_act", "tau_conf"):
             if p.HasField(name):
                 setattr(wreq, name, getattr(p, name))

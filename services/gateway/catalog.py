@@ -8,6 +8,10 @@ count: no tokenizer makes more tokens than the prompt has UTF-8 bytes, so a prom
 plus overhead plus max_tokens fits the positions fits for sure; only a prompt near the limit costs a
 CountTokens call. Without a description (no worker answered yet), or when the count cannot be had,
 only the character limits apply here, and the worker's own check fails such a job at once.
+
+A raw prompt (TextParams.raw_prompt) is sent as is: no template, no BOS. Its overhead is 0, exactly,
+not a guess: the bound stays sound (tokens <= bytes), and the worker counts it raw as well
+(CountTokensRequest.raw_prompt), so a raw prompt may use the positions a template would have taken.
 """
 
 from __future__ import annotations
@@ -81,7 +85,7 @@ class Catalog:
         return self.text.get(name)
 
     async def text_violations(self, model: str, prompt: str, max_tokens: int,
-                              field: str) -> list[tuple[str, str]]:
+                              field: str, raw_prompt: bool = False) -> list[tuple[str, str]]:
         """A described model's limits: max_tokens against its limit, prompt + max_tokens against its
         positions. [] when the model was never described or its count could not be had."""
         m = self.text.get(model)
@@ -92,21 +96,23 @@ class Catalog:
             v.append((f"{field}.params.max_tokens", f"must be at most {info.max_tokens_limit} for model "
                                                     f"{model!r}, got {max_tokens}"))
         wanted = max_tokens or info.default_max_tokens
-        if not info.max_positions or len(prompt.encode()) + info.prompt_overhead_tokens + wanted <= info.max_positions:
+        overhead = 0 if raw_prompt else info.prompt_overhead_tokens  # a raw prompt gets no format around it
+        if not info.max_positions or len(prompt.encode()) + overhead + wanted <= info.max_positions:
             return v  # fits whatever the tokenizer does (at most one token per byte)
-        n = await self._count(model, prompt)
+        n = await self._count(model, prompt, raw_prompt)
         if n is not None and n + wanted > info.max_positions:
-            v.append((f"{field}.prompt", f"is {n} tokens in the prompt format of model {model!r}; with max_tokens "
+            form = "as a raw prompt" if raw_prompt else "in the prompt format"
+            v.append((f"{field}.prompt", f"is {n} tokens {form} of model {model!r}; with max_tokens "
                                          f"{wanted} that needs {n + wanted} positions and the model has "
                                          f"{info.max_positions}"))
         return v
 
-    async def _count(self, model: str, prompt: str) -> int | None:
+    async def _count(self, model: str, prompt: str, raw_prompt: bool) -> int | None:
         if self.worker is None:
             return None
         self.counted += 1
         try:
-            return (await self.worker.count_tokens(model, prompt, _COUNT_TIMEOUT_S)).prompt_tokens
+            return (await self.worker.count_tokens(model, prompt, _COUNT_TIMEOUT_S, raw_prompt)).prompt_tokens
         except grpc.aio.AioRpcError as e:  # the worker's check at dispatch still holds
             log.debug("CountTokens: %s", e.code().name)
             return None

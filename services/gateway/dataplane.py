@@ -116,7 +116,8 @@ class DataPlane:
                 else self._prepare(kind, spec, field))
         if kind is JobKind.TEXT and self.catalog is not None:  # token limits, as the worker counts them
             req = spec.text
-            check(await self.catalog.text_violations(req.model, req.prompt, req.params.max_tokens, field))
+            check(await self.catalog.text_violations(req.model, req.prompt, req.params.max_tokens, field,
+                                                     req.params.raw_prompt))
         service = kind.service
         deadline_ms = now_ms() + int(deadline_s * 1000) if deadline_s else 0
         request_id = current_request_id()

@@ -26,11 +26,13 @@ class EchoTextWorker(worker_pb2_grpc.TextWorkerServiceServicer, worker_pb2_grpc.
         self.call_ids: dict[str, list[str]] = {}  # job id -> call ids (tessera-call-id metadata), in order
         self.cancel_requests: list[tuple[str, str]] = []  # (call id, job id) of each CancelCall
         self.counted = 0  # CountTokens calls
+        self.raw_prompts: dict[str, bool] = {}  # job id -> the raw_prompt flag its call arrived with
 
     async def GenerateText(self, request: worker_pb2.GenerateTextRequest,
                            context: grpc.aio.ServicerContext) -> AsyncIterator[worker_pb2.GenerateTextResponse]:
         self.started.append(request.job_id)
         self.skips[request.job_id] = request.skip_tokens
+        self.raw_prompts[request.job_id] = request.raw_prompt
         self.call_ids.setdefault(request.job_id, []).append(call_id_of(context.invocation_metadata()))
         # Scripted failures, as a real worker fails: a refused request, its engine failing on it (marked,
         # not worth a retry), a replica dying mid-call (Serve's unmarked INTERNAL, worth one).
@@ -71,9 +73,10 @@ class EchoTextWorker(worker_pb2_grpc.TextWorkerServiceServicer, worker_pb2_grpc.
 
     async def CountTokens(self, request: worker_pb2.CountTokensRequest,
                           context: grpc.aio.ServicerContext) -> worker_pb2.CountTokensResponse:
-        # One token per word, like the echo itself, inside a two-token "template".
+        # One token per word, like the echo itself, inside a two-token "template" (none around a raw prompt).
         self.counted += 1
-        return worker_pb2.CountTokensResponse(prompt_tokens=len(request.prompt.split()) + ECHO_PROMPT_OVERHEAD)
+        overhead = 0 if request.raw_prompt else ECHO_PROMPT_OVERHEAD
+        return worker_pb2.CountTokensResponse(prompt_tokens=len(request.prompt.split()) + overhead)
 
 
 async def start_echo_worker(port: int = 0, delay_s: float = 0.0) -> tuple[grpc.aio.Server, int, EchoTextWorker]:

@@ -259,6 +259,29 @@ def test_prompts_too_long_in_tokens_are_refused_before_enqueueing_and_models_are
     asyncio.run(go())
 
 
+def test_a_raw_prompt_reaches_the_worker_and_may_use_the_template_s_positions(redis_server) -> None:
+    async def go() -> None:
+        async with stack(redis_server.url) as s:
+            await wait_for(lambda: s.gateway.catalog.text_model("echo") is not None, timeout=10)
+            # ECHO_PROMPT_OVERHEAD words more than a formatted prompt may have: they fit only as is.
+            words = " ".join(["w"] * (ECHO_POSITIONS - 8))
+            with pytest.raises(grpc.aio.AioRpcError) as ei:
+                await s.text.Generate(_gen(words, max_tokens=8), metadata=md(), timeout=10)
+            assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            raw = await s.text.Generate(_gen(words, max_tokens=8, raw_prompt=True), metadata=md(), timeout=20)
+            assert raw.result.text == " ".join(["w"] * 8)
+            plain = await s.text.Generate(_gen("a b", max_tokens=2), metadata=md(), timeout=20)
+            # The flag went through the job store and the dispatcher to the worker's request.
+            assert s.worker.raw_prompts == {raw.job_id: True, plain.job_id: False}
+            with pytest.raises(grpc.aio.AioRpcError) as ei:  # one word more than the positions hold, even raw
+                await s.text.Generate(_gen(words + " w", max_tokens=8, raw_prompt=True), metadata=md(), timeout=10)
+            assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "as a raw prompt" in ei.value.details()
+            assert f"needs {ECHO_POSITIONS + 1} positions" in ei.value.details()
+            assert s.worker.counted == 3  # all near the limit: counted by the worker, raw ones as raw
+    asyncio.run(go())
+
+
 def test_malformed_requests_are_invalid_argument_with_bounded_details(redis_server) -> None:
     async def go() -> None:
         async with stack(redis_server.url) as s:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from tessera.v1 import common_pb2 as tessera_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15tessera/v1/text.proto\x12\ntessera.v1\x1a\x17tessera/v1/common.proto\"\xdc\x01\n\nTextParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\x05\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\x11\n\x04seed\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x12\n\nblock_size\x18\x05 \x01(\x05\x12\x14\n\x07tau_add\x18\x06 \x01(\x02H\x01\x88\x01\x01\x12\x14\n\x07tau_act\x18\x07 \x01(\x02H\x02\x88\x01\x01\x12\x15\n\x08tau_conf\x18\x08 \x01(\x02H\x03\x88\x01\x01\x42\x07\n\x05_seedB\n\n\x08_tau_addB\n\n\x08_tau_actB\x0b\n\t_tau_conf\"T\n\x0bTextRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12&\n\x06params\x18\x03 \x01(\x0b\x32\x16.tessera.v1.TextParams\"\xb2\x01\n\tTextUsage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x16\n\x0e\x66orward_passes\x18\x03 \x01(\x05\x12\x1a\n\x12tokens_per_forward\x18\x04 \x01(\x02\x12\x1d\n\x15time_to_first_chunk_s\x18\x05 \x01(\x01\x12\x0f\n\x07total_s\x18\x06 \x01(\x01\x12\x0f\n\x07queue_s\x18\x07 \x01(\x01\"\x80\x01\n\nTextResult\x12\x0c\n\x04text\x18\x01 \x01(\t\x12/\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x18.tessera.v1.FinishReason\x12$\n\x05usage\x18\x03 \x01(\x0b\x32\x15.tessera.v1.TextUsage\x12\r\n\x05model\x18\x04 \x01(\t\"T\n\x0fGenerateRequest\x12(\n\x07request\x18\x01 \x01(\x0b\x32\x17.tessera.v1.TextRequest\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"J\n\x10GenerateResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12&\n\x06result\x18\x02 \x01(\x0b\x32\x16.tessera.v1.TextResult\"Z\n\x15GenerateStreamRequest\x12(\n\x07request\x18\x01 \x01(\x0b\x32\x17.tessera.v1.TextRequest\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"D\n\tTextChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x13\n\x0btoken_count\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\"\x97\x01\n\x16GenerateStreamResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12&\n\x05\x63hunk\x18\x03 \x01(\x0b\x32\x15.tessera.v1.TextChunkH\x00\x12(\n\x06result\x18\x04 \x01(\x0b\x32\x16.tessera.v1.TextResultH\x00\x42\t\n\x07payload2\xb9\x01\n\x15TextGenerationService\x12\x45\n\x08Generate\x12\x1b.tessera.v1.GenerateRequest\x1a\x1c.tessera.v1.GenerateResponse\x12Y\n\x0eGenerateStream\x12!.tessera.v1.GenerateStreamRequest\x1a\".tessera.v1.GenerateStreamResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15tessera/v1/text.proto\x12\ntessera.v1\x1a\x17tessera/v1/common.proto\"\xf0\x01\n\nTextParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\x05\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\x11\n\x04seed\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x12\n\nblock_size\x18\x05 \x01(\x05\x12\x14\n\x07tau_add\x18\x06 \x01(\x02H\x01\x88\x01\x01\x12\x14\n\x07tau_act\x18\x07 \x01(\x02H\x02\x88\x01\x01\x12\x15\n\x08tau_conf\x18\x08 \x01(\x02H\x03\x88\x01\x01\x12\x12\n\nraw_prompt\x18\t \x01(\x08\x42\x07\n\x05_seedB\n\n\x08_tau_addB\n\n\x08_tau_actB\x0b\n\t_tau_conf\"T\n\x0bTextRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12&\n\x06params\x18\x03 \x01(\x0b\x32\x16.tessera.v1.TextParams\"\xb2\x01\n\tTextUsage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x16\n\x0e\x66orward_passes\x18\x03 \x01(\x05\x12\x1a\n\x12tokens_per_forward\x18\x04 \x01(\x02\x12\x1d\n\x15time_to_first_chunk_s\x18\x05 \x01(\x01\x12\x0f\n\x07total_s\x18\x06 \x01(\x01\x12\x0f\n\x07queue_s\x18\x07 \x01(\x01\"\x80\x01\n\nTextResult\x12\x0c\n\x04text\x18\x01 \x01(\t\x12/\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x18.tessera.v1.FinishReason\x12$\n\x05usage\x18\x03 \x01(\x0b\x32\x15.tessera.v1.TextUsage\x12\r\n\x05model\x18\x04 \x01(\t\"T\n\x0fGenerateRequest\x12(\n\x07request\x18\x01 \x01(\x0b\x32\x17.tessera.v1.TextRequest\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"J\n\x10GenerateResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12&\n\x06result\x18\x02 \x01(\x0b\x32\x16.tessera.v1.TextResult\"Z\n\x15GenerateStreamRequest\x12(\n\x07request\x18\x01 \x01(\x0b\x32\x17.tessera.v1.TextRequest\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"D\n\tTextChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x13\n\x0btoken_count\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\"\x97\x01\n\x16GenerateStreamResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12&\n\x05\x63hunk\x18\x03 \x01(\x0b\x32\x15.tessera.v1.TextChunkH\x00\x12(\n\x06result\x18\x04 \x01(\x0b\x32\x16.tessera.v1.TextResultH\x00\x42\t\n\x07payload2\xb9\x01\n\x15TextGenerationService\x12\x45\n\x08Generate\x12\x1b.tessera.v1.GenerateRequest\x1a\x1c.tessera.v1.GenerateResponse\x12Y\n\x0eGenerateStream\x12!.tessera.v1.GenerateStreamRequest\x1a\".tessera.v1.GenerateStreamResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,23 +33,23 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tessera.v1.text_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TEXTPARAMS']._serialized_start=63
-  _globals['_TEXTPARAMS']._serialized_end=283
-  _globals['_TEXTREQUEST']._serialized_start=285
-  _globals['_TEXTREQUEST']._serialized_end=369
-  _globals['_TEXTUSAGE']._serialized_start=372
-  _globals['_TEXTUSAGE']._serialized_end=550
-  _globals['_TEXTRESULT']._serialized_start=553
-  _globals['_TEXTRESULT']._serialized_end=681
-  _globals['_GENERATEREQUEST']._serialized_start=683
-  _globals['_GENERATEREQUEST']._serialized_end=767
-  _globals['_GENERATERESPONSE']._serialized_start=769
-  _globals['_GENERATERESPONSE']._serialized_end=843
-  _globals['_GENERATESTREAMREQUEST']._serialized_start=845
-  _globals['_GENERATESTREAMREQUEST']._serialized_end=935
-  _globals['_TEXTCHUNK']._serialized_start=937
-  _globals['_TEXTCHUNK']._serialized_end=1005
-  _globals['_GENERATESTREAMRESPONSE']._serialized_start=1008
-  _globals['_GENERATESTREAMRESPONSE']._serialized_end=1159
-  _globals['_TEXTGENERATIONSERVICE']._serialized_start=1162
-  _globals['_TEXTGENERATIONSERVICE']._serialized_end=1347
+  _globals['_TEXTPARAMS']._serialized_end=303
+  _globals['_TEXTREQUEST']._serialized_start=305
+  _globals['_TEXTREQUEST']._serialized_end=389
+  _globals['_TEXTUSAGE']._serialized_start=392
+  _globals['_TEXTUSAGE']._serialized_end=570
+  _globals['_TEXTRESULT']._serialized_start=573
+  _globals['_TEXTRESULT']._serialized_end=701
+  _globals['_GENERATEREQUEST']._serialized_start=703
+  _globals['_GENERATEREQUEST']._serialized_end=787
+  _globals['_GENERATERESPONSE']._serialized_start=789
+  _globals['_GENERATERESPONSE']._serialized_end=863
+  _globals['_GENERATESTREAMREQUEST']._serialized_start=865
+  _globals['_GENERATESTREAMREQUEST']._serialized_end=955
+  _globals['_TEXTCHUNK']._serialized_start=957
+  _globals['_TEXTCHUNK']._serialized_end=1025
+  _globals['_GENERATESTREAMRESPONSE']._serialized_start=1028
+  _globals['_GENERATESTREAMRESPONSE']._serialized_end=1179
+  _globals['_TEXTGENERATIONSERVICE']._serialized_start=1182
+  _globals['_TEXTGENERATIONSERVICE']._serialized_end=1367
 # @@protoc_insertion_point(module_scope)

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class TextParams(_message.Message):
-    __slots__ = ("max_tokens", "temperature", "top_p", "seed", "block_size", "tau_add", "tau_act", "tau_conf")
+    __slots__ = ("max_tokens", "temperature", "top_p", "seed", "block_size", "tau_add", "tau_act", "tau_conf", "raw_prompt")
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     TOP_P_FIELD_NUMBER: _ClassVar[int]
@@ -16,6 +16,7 @@ class TextParams(_message.Message):
     TAU_ADD_FIELD_NUMBER: _ClassVar[int]
     TAU_ACT_FIELD_NUMBER: _ClassVar[int]
     TAU_CONF_FIELD_NUMBER: _ClassVar[int]
+    RAW_PROMPT_FIELD_NUMBER: _ClassVar[int]
     max_tokens: int
     temperature: float
     top_p: float
@@ -24,7 +25,8 @@ class TextParams(_message.Message):
     tau_add: float
     tau_act: float
     tau_conf: float
-    def __init__(self, max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., block_size: _Optional[int] = ..., tau_add: _Optional[float] = ..., tau_act: _Optional[float] = ..., tau_conf: _Optional[float] = ...) -> None: ...
+    raw_prompt: bool
+    def __init__(self, max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., block_size: _Optional[int] = ..., tau_add: _Optional[float] = ..., tau_act: _Optional[float] = ..., tau_conf: _Optional[float] = ..., raw_prompt: _Optional[bool] = ...) -> None: ...
 
 class TextRequest(_message.Message):
     __slots__ = ("model", "prompt", "params")

@@ -6,8 +6,8 @@ tensor `text_input` and comes back as `text_output`, generation settings ride in
 dimension: N prompts make N engine calls, which the engine batches.
 
 - text: input `text_input` BYTES [N]; parameters max_tokens, temperature, top_p, seed, block_size,
-  tau_add, tau_act, tau_conf; outputs `text_output` BYTES [N], `finish_reason` BYTES [N],
-  `completion_tokens` INT32 [N].
+  tau_add, tau_act, tau_conf, raw_prompt (a boolean: the prompt as is, no template, no BOS); outputs
+  `text_output` BYTES [N], `finish_reason` BYTES [N], `completion_tokens` INT32 [N].
 - image: inputs `text_input` BYTES [N] (the prompt, or the edit instruction) and, to edit, `image`
   BYTES [N]; parameters width, height, steps, guidance_scale, image_guidance_scale, seed; outputs
   `image` BYTES [N] (PNG), `seed` INT64 [N].
@@ -64,9 +64,9 @@ class Call:
 
 @dataclass(frozen=True, slots=True)
 class Param:
-    kind: type  # int, float
-    low: float
-    high: float
+    kind: type  # int, float, bool
+    low: float = 0.0  # the range of a number (a bool has none)
+    high: float = 1.0
 
 
 def parameters_of(req: InferRequest) -> dict[str, Any]:
@@ -90,6 +90,11 @@ def checked_parameters(req: InferRequest, spec: Mapping[str, Param]) -> dict[str
     out: dict[str, Any] = {}
     for name, p in spec.items():
         if name not in params or params[name] is None:
+            continue
+        if p.kind is bool:  # JSON true/false, gRPC bool_param: no strings or numbers guessed into a flag
+            if not isinstance(params[name], bool):
+                raise InvalidInput(f"parameter {name!r} must be a boolean (true or false), got {params[name]!r}")
+            out[name] = params[name]
             continue
         v = _number(params[name])
         if isinstance(v, bool) or not isinstance(v, (int, float)) or (p.kind is int and not float(v).is_integer()):
@@ -194,7 +199,7 @@ def int_output(name: str, values: list[int], datatype: str) -> InferOutput:
 TEXT_PARAMS = {"max_tokens": Param(int, 1, 1 << 20), "temperature": Param(float, 0.0, 10.0),
                "top_p": Param(float, 0.0, 1.0), "seed": Param(int, 0, 2**63 - 1), "block_size": Param(int, 1, 256),
                "tau_add": Param(float, 0.0, 1.0), "tau_act": Param(float, 0.0, 1.0),
-               "tau_conf": Param(float, 0.0, 1.0)}
+               "tau_conf": Param(float, 0.0, 1.0), "raw_prompt": Param(bool)}
 IMAGE_PARAMS = {"width": Param(int, 0, 4096), "height": Param(int, 0, 4096), "steps": Param(int, 0, 1000),
                 "guidance_scale": Param(float, 0.0, 100.0), "image_guidance_scale": Param(float, 0.0, 100.0),
                 "seed": Param(int, 0, 2**63 - 1)}
@@ -208,7 +213,8 @@ def text_calls(req: InferRequest, limits: Limits, model: str) -> list[Call]:
     for i, prompt in enumerate(prompts):
         r = pb.GenerateTextRequest(job_id=f"{req.id or 'kserve'}-{i}", model=model, prompt=prompt.decode(),
                                    max_tokens=p.get("max_tokens", 0), temperature=p.get("temperature", 0.0),
-                                   top_p=p.get("top_p", 0.0), block_size=p.get("block_size", 0))
+                                   top_p=p.get("top_p", 0.0), block_size=p.get("block_size", 0),
+                                   raw_prompt=p.get("raw_prompt", False))
         for name in ("seed", "tau_add", "tau_act", "tau_conf"):
             if name in p:
                 setattr(r, name, p[name])

@@ -23,22 +23,28 @@ def _text(*values: str) -> InferInput:
 
 
 def test_parameters_from_rest_and_grpc_are_the_same_calls() -> None:
-    rest = _req([_text("a", "b")], {"max_tokens": 8, "temperature": 0.5, "seed": 3, "tau_conf": 0.8})
+    rest = _req([_text("a", "b")], {"max_tokens": 8, "temperature": 0.5, "seed": 3, "tau_conf": 0.8,
+                                    "raw_prompt": True})
     grpc_params = {"max_tokens": oip.InferParameter(int64_param=8),
                    "temperature": oip.InferParameter(string_param="0.5"),  # no double in KServe's gRPC
-                   "seed": oip.InferParameter(int64_param=3), "tau_conf": oip.InferParameter(string_param="0.8")}
+                   "seed": oip.InferParameter(int64_param=3), "tau_conf": oip.InferParameter(string_param="0.8"),
+                   "raw_prompt": oip.InferParameter(bool_param=True)}
     grpc = _req([_text("a", "b")], grpc_params)
     for req in (rest, grpc):
         calls = text_calls(req, Limits(), "m")
         assert [c.request.prompt for c in calls] == ["a", "b"] and [c.request.job_id for c in calls] == ["r1-0", "r1-1"]
         r = calls[0].request
         assert (r.max_tokens, r.seed, r.model) == (8, 3, "m") and r.HasField("tau_conf") and not r.HasField("tau_add")
-        assert r.temperature == pytest.approx(0.5)
+        assert r.temperature == pytest.approx(0.5) and r.raw_prompt
+    assert not text_calls(_req([_text("a")], {"raw_prompt": False}), Limits(), "m")[0].request.raw_prompt
+    assert not text_calls(_req([_text("a")]), Limits(), "m")[0].request.raw_prompt
 
 
 @pytest.mark.parametrize(("params", "message"), [
     ({"max_tokens": 1.5}, "must be an integer"), ({"max_tokens": True}, "must be an integer"),
     ({"top_p": float("nan")}, "must be in"), ({"tau_add": -0.1}, "must be in"), ({"beam": 2}, "unknown parameter"),
+    ({"raw_prompt": 1}, "must be a boolean"), ({"raw_prompt": "true"}, "must be a boolean"),
+    ({"max_tokens": "x"}, "must be an integer"),
 ])
 def test_bad_parameters_name_themselves(params: dict[str, object], message: str) -> None:
     with pytest.raises(InvalidInput, match=message):

@@ -72,13 +72,20 @@ class LocalTextEngine:
         return self._description
 
     def count_tokens(self, request: CountTokensRequest) -> CountTokensResponse:
-        """Positions the prompt takes once formatted, as GenerateText counts them."""
+        """Positions the prompt takes once formatted (as is when raw_prompt), as GenerateText counts them."""
         assert self.engine is not None, "start() first"
         check_model_name(request.model, self.cfg)
-        try:
-            return CountTokensResponse(prompt_tokens=len(self.engine.encode_prompt(request.prompt)))
-        except ValueError as e:
-            raise InvalidRequestError(str(e)) from e
+        if not request.raw_prompt:
+            try:
+                return CountTokensResponse(prompt_tokens=len(self.engine.encode_prompt(request.prompt)))
+            except ValueError as e:
+                raise InvalidRequestError(str(e)) from e
+        # A raw prompt is the bare tokenizer's ids (no template, no BOS): what describe() also takes
+        # as a prompt's own tokens when it measures the format's overhead.
+        n = len(self.engine.tokenizer.encode(request.prompt))
+        if not n:
+            raise InvalidRequestError("prompt encodes to no tokens")
+        return CountTokensResponse(prompt_tokens=n)
 
     async def check_health(self) -> None:
         if self.engine is None:
@@ -124,7 +131,8 @@ class LocalTextEngine:
                                     max_tokens=req.max_tokens or cfg.default_max_tokens, seed=seed)
             options = cfg.decoder.options_for(cfg.method, overrides)
             return self.engine.prepare(TextRequest(req.prompt, params, request_id=req.job_id,
-                                                   decoder_options=options, skip_tokens=req.skip_tokens))
+                                                   decoder_options=options, skip_tokens=req.skip_tokens,
+                                                   raw_prompt=req.raw_prompt))
         except ValueError as e:
             raise InvalidRequestError(str(e)) from e
 

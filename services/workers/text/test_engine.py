@@ -84,6 +84,20 @@ def test_bad_requests_raise_invalid_request(local: LocalTextEngine, fields: dict
     assert message in str(err.value)
 
 
+def test_raw_prompt_reaches_the_engine_and_is_counted_without_the_format(local: LocalTextEngine) -> None:
+    assert local.plan(GenerateTextRequest(prompt=PROMPT, raw_prompt=True)).request.raw_prompt
+    assert not local.plan(GenerateTextRequest(prompt=PROMPT)).request.raw_prompt
+    assert local.engine is not None
+    formatted = local.count_tokens(CountTokensRequest(prompt=PROMPT)).prompt_tokens
+    raw = local.count_tokens(CountTokensRequest(prompt=PROMPT, raw_prompt=True)).prompt_tokens
+    assert formatted == len(local.engine.encode_prompt(PROMPT))
+    assert raw == len(local.engine.tokenizer.encode(PROMPT))
+    # The tiny model's "Question: {prompt}\nAnswer:" is the whole difference: describe()'s overhead.
+    assert formatted - raw == local.describe().models[0].prompt_overhead_tokens > 0
+    with pytest.raises(InvalidRequestError, match="encodes to no tokens"):
+        local.count_tokens(CountTokensRequest(prompt="", raw_prompt=True))
+
+
 def test_a_cancelled_or_abandoned_call_stops_decoding(local: LocalTextEngine) -> None:
     async def first_then(stop: str, job_id: str) -> None:
         gen = local.generate(GenerateTextRequest(prompt=PROMPT, job_id=job_id, **SLOW))

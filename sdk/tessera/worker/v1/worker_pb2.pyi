@@ -7,12 +7,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CountTokensRequest(_message.Message):
-    __slots__ = ("model", "prompt")
+    __slots__ = ("model", "prompt", "raw_prompt")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
+    RAW_PROMPT_FIELD_NUMBER: _ClassVar[int]
     model: str
     prompt: str
-    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ...) -> None: ...
+    raw_prompt: bool
+    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., raw_prompt: _Optional[bool] = ...) -> None: ...
 
 class CountTokensResponse(_message.Message):
     __slots__ = ("prompt_tokens",)
@@ -21,7 +23,7 @@ class CountTokensResponse(_message.Message):
     def __init__(self, prompt_tokens: _Optional[int] = ...) -> None: ...
 
 class GenerateTextRequest(_message.Message):
-    __slots__ = ("job_id", "model", "prompt", "max_tokens", "temperature", "top_p", "seed", "block_size", "tau_add", "tau_act", "tau_conf", "skip_tokens")
+    __slots__ = ("job_id", "model", "prompt", "max_tokens", "temperature", "top_p", "seed", "block_size", "tau_add", "tau_act", "tau_conf", "skip_tokens", "raw_prompt")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -34,6 +36,7 @@ class GenerateTextRequest(_message.Message):
     TAU_ACT_FIELD_NUMBER: _ClassVar[int]
     TAU_CONF_FIELD_NUMBER: _ClassVar[int]
     SKIP_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    RAW_PROMPT_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     model: str
     prompt: str
@@ -46,7 +49,8 @@ class GenerateTextRequest(_message.Message):
     tau_act: float
     tau_conf: float
     skip_tokens: int
-    def __init__(self, job_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt: _Optional[str] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., block_size: _Optional[int] = ..., tau_add: _Optional[float] = ..., tau_act: _Optional[float] = ..., tau_conf: _Optional[float] = ..., skip_tokens: _Optional[int] = ...) -> None: ...
+    raw_prompt: bool
+    def __init__(self, job_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt: _Optional[str] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., block_size: _Optional[int] = ..., tau_add: _Optional[float] = ..., tau_act: _Optional[float] = ..., tau_conf: _Optional[float] = ..., skip_tokens: _Optional[int] = ..., raw_prompt: _Optional[bool] = ...) -> None: ...
 
 class GenerateTextResponse(_message.Message):
     __slots__ = ("text", "token_count", "forward_passes", "finished", "finish_reason", "prompt_tokens", "model")
