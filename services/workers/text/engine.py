@@ -47,7 +47,8 @@ class LocalTextEngine:
         prepare_replica(self.cfg)
         self.engine = await asyncio.to_thread(
             TextEngine, self.cfg.path, self.cfg.method, self._defaults, dtype=getattr(torch, self.cfg.dtype),
-            device=self.cfg.device, config=self.cfg.batching.engine_config(self.max_concurrency))
+            device=self.cfg.device, config=self.cfg.batching.engine_config(self.max_concurrency),
+            base_dir=self.cfg.base_path)
 
     @property
     def max_positions(self) -> int:
