@@ -159,7 +159,7 @@ def check_qwen2(family: str, d: dict[str, Any]) -> None:
         if k not in ("rope_type", "rope_theta"):
             raise _reject(family, f"rope_parameters.{k}", rope[k], "plain RoPE (only rope_type and rope_theta)")
     scaling = d.get("rope_scaling")
-    if scaling and (scaling.get("rope_type") or scaling.get("type")) != "default":
+    if scaling and (not isinstance(scaling, dict) or (scaling.get("rope_type") or scaling.get("type")) != "default"):
         raise _reject(family, "rope_scaling", scaling, "unscaled RoPE (rope_scaling null)")
     head_dim = d.get("head_dim")
     if head_dim is not None and head_dim != d["hidden_size"] // d["num_attention_heads"]:

@@ -165,6 +165,7 @@ QWEN2_REJECTED = [
     ("quantization_config", {"quantization_config": {"quant_method": "awq"}}, "{'quant_method': 'awq'}"),
     ("rope_scaling", {"rope_scaling": {"type": "linear", "factor": 2.0}}, "{'type': 'linear', 'factor': 2.0}"),
     ("rope_scaling", {"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "{'rope_type': 'yarn', 'factor': 4.0}"),
+    ("rope_scaling", {"rope_scaling": "linear"}, "'linear'"),
     ("rope_parameters.rope_type", {"rope_parameters": {"rope_type": "dynamic", "rope_theta": 1e6}}, "'dynamic'"),
     ("rope_parameters.partial_rotary_factor",
      {"rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "partial_rotary_factor": 0.5}}, "0.5"),
