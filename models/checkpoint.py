@@ -1,9 +1,11 @@
 """Load and save models in the Hugging Face formats the real checkpoints use.
 
 A model directory holds `config.json`, weights as `model.safetensors` or sharded
-`model-0000x-of-0000n.safetensors` + `model.safetensors.index.json`, and `tokenizer.json`.
-PEFT LoRA adapters (`adapter_config.json` + `adapter_model.safetensors`), the format of the
-published D2F checkpoints, are merged into the base weights at load: W += (alpha / r) * B @ A.
+`model-0000x-of-0000n.safetensors` + `model.safetensors.index.json` (or the older `pytorch_model.bin`,
+sharded or not, read with `torch.load(weights_only=True)`), and `tokenizer.json`.
+PEFT LoRA adapters (`adapter_config.json` + `adapter_model.safetensors` or `adapter_model.bin`), the
+format of the published D2F checkpoints, are merged into the base weights at load: W += (alpha / r) * B @ A.
+An adapter's base model is found by models.resolve.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from models.config import ModelConfig
+from models.resolve import resolve_base
 from models.transformer import Transformer
 
 # (checkpoint name, internal name) templates per layout; internal names are Transformer's.
@@ -80,19 +83,44 @@ def read_config(model_dir: str | Path) -> ModelConfig:
     return ModelConfig.from_hf(json.loads((Path(model_dir) / "config.json").read_text()))
 
 
+def _torch_load(path: Path) -> dict[str, torch.Tensor]:
+    # weights_only: a .bin is a pickle, and a pickle can run code; this loads tensors and containers only.
+    obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                            for k, v in obj.items()):
+        raise ValueError(f"{path}: not a state dict of named tensors")
+    return obj
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path)) if path.name.endswith(".safetensors") else _torch_load(path)
+
+
+def read_tensors(d: Path, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The tensors of the first of `names` present in `d`, each either one file or HF-style shards
+    listed by `<name>.index.json` (`weight_map`: tensor -> shard file)."""
+    for name in names:
+        index = d / f"{name}.index.json"
+        if index.exists():
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        elif (d / name).exists():
+            files = [name]
+        else:
+            continue
+        out: dict[str, torch.Tensor] = {}
+        for f in files:
+            out.update(_load_tensors(d / f))
+        return out
+    raise FileNotFoundError(f"{d}: none of " + ", ".join(f"{n} / {n}.index.json" for n in names))
+
+
+# Safetensors first, like transformers and PEFT; .bin (torch.save pickles) is read with weights_only=True.
+MODEL_FILES = ("model.safetensors", "pytorch_model.bin")
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+
+
 def read_weights(model_dir: str | Path) -> dict[str, torch.Tensor]:
-    d = Path(model_dir)
-    index = d / "model.safetensors.index.json"
-    if index.exists():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    elif (d / "model.safetensors").exists():
-        files = ["model.safetensors"]
-    else:
-        raise FileNotFoundError(f"{d}: no model.safetensors or model.safetensors.index.json")
-    out: dict[str, torch.Tensor] = {}
-    for f in files:
-        out.update(load_file(str(d / f)))
-    return out
+    return read_tensors(Path(model_dir), MODEL_FILES)
 
 
 def merge_lora(state: dict[str, torch.Tensor], layout: str, adapter_dir: str | Path) -> int:
@@ -108,7 +136,14 @@ def merge_lora(state: dict[str, torch.Tensor], layout: str, adapter_dir: str | P
     rank_pattern = acfg.get("rank_pattern") or {}
     if pattern or rank_pattern:
         raise ValueError(f"{d}: per-module alpha/rank patterns are not supported")
-    tensors = load_file(str(d / "adapter_model.safetensors"))
+    # Options that would need more than W += (alpha / r) * B @ A on the attention weights.
+    unsupported = {k: acfg[k] for k in ("fan_in_fan_out", "modules_to_save") if acfg.get(k)}
+    if acfg.get("bias", "none") != "none":
+        unsupported["bias"] = acfg["bias"]
+    if unsupported:
+        raise ValueError(f"{d}: adapter_config.json " + ", ".join(f"{k}={v!r}" for k, v in unsupported.items())
+                         + " not supported (LoRA on the attention weights only: bias none, no modules_to_save)")
+    tensors = read_tensors(d, ADAPTER_FILES)
     merged = 0
     for key, a in tensors.items():
         if ".lora_A." not in key:
@@ -131,17 +166,16 @@ def merge_lora(state: dict[str, torch.Tensor], layout: str, adapter_dir: str | P
 
 
 def load_model(model_dir: str | Path, adapter_dir: str | Path | None = None,
-               dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Transformer:
-    """Build a Transformer from an HF-format directory; merge `adapter_dir` (or a D2F adapter
-    named by `base_model_name_or_path`-style layout: model_dir itself holding adapter files)."""
+               dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+               base_dir: str | Path | None = None) -> Transformer:
+    """Build a Transformer from an HF-format directory and merge `adapter_dir` into it. `model_dir` may
+    itself be an adapter (adapter_config.json): its base is `base_dir` when given, else found from
+    `base_model_name_or_path` (models.resolve.resolve_base)."""
     model_dir = Path(model_dir)
     if adapter_dir is None and (model_dir / "adapter_config.json").exists():
-        # An adapter directory given as the model: load its base from adapter_config.json.
-        acfg = json.loads((model_dir / "adapter_config.json").read_text())
-        base = Path(acfg["base_model_name_or_path"])
-        if not base.is_absolute():
-            base = (model_dir / base).resolve()
-        return load_model(base, model_dir, dtype, device)
+        return load_model(resolve_base(model_dir, base_dir), model_dir, dtype, device)
+    if base_dir is not None:
+        raise ValueError(f"base_dir={base_dir} given, but {model_dir} is not an adapter to load onto a base")
     cfg = read_config(model_dir)
     raw = read_weights(model_dir)
     state: dict[str, torch.Tensor] = {}

@@ -4,14 +4,17 @@ Real checkpoints come in three layouts that share the same math (pre-norm RMSNor
 - "llada": LLaDA-8B (OLMo-derived names `model.transformer.blocks.N.*`, MHA, no biases);
 - "dream": Dream-v0 (Qwen2.5 names `model.layers.N.*`, GQA, q/k/v bias, logits shifted by one);
 - "qwen2": a plain causal Qwen2 LM (the autoregressive baseline).
-`ModelConfig.from_hf` reads each layout's own config.json keys; `to_hf` writes them back, so a
-checkpoint the project trains is indistinguishable in format from the real thing.
+`ModelConfig.from_hf` reads each layout's own config.json keys and refuses any value of a key that
+changes the maths which models.transformer does not compute (models.config_keys); `to_hf` writes them
+back, so a checkpoint the project trains is indistinguishable in format from the real thing.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from models.config_keys import LLADA_FIELDS, QWEN2_FIELDS, check_llada, check_qwen2
 
 Layout = Literal["llada", "dream", "qwen2"]
 LAYOUTS: tuple[str, ...] = ("llada", "dream", "qwen2")
@@ -36,7 +39,7 @@ class ModelConfig:
     eos_token_id: int | None = None
     pad_token_id: int | None = None
     bos_token_id: int | None = None
-    extra: dict[str, Any] | None = None  # unknown config.json keys, written back unchanged
+    extra: dict[str, Any] | None = None  # config.json keys not read into fields, written back unchanged
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
@@ -76,44 +79,30 @@ class ModelConfig:
 
     @classmethod
     def from_hf(cls, d: dict[str, Any]) -> ModelConfig:
+        """Read a layout's own config.json; ValueError naming the key and the value for any maths
+        setting models.transformer does not implement (models.config_keys has the tables)."""
         mt = str(d.get("model_type", "")).lower()
         if mt == "llada":
-            known = {
-                "model_type", "architectures", "d_model", "n_layers", "n_heads", "n_kv_heads",
-                "mlp_hidden_size", "vocab_size", "embedding_size", "max_sequence_length", "rope_theta",
-                "rms_norm_eps", "weight_tying", "include_qkv_bias", "include_bias", "mask_token_id",
-                "eos_token_id", "pad_token_id", "bos_token_id",
-            }
-            if d.get("include_bias"):
-                raise ValueError("LLaDA configs with include_bias=true are not supported")
+            kv = check_llada(d)
+            # LLaDA's MLP width: mlp_hidden_size, else mlp_ratio * d_model (LLaDA-8B has both, 12288 and 4:
+            # mlp_ratio is then unused, not a consistency check).
+            mlp = d.get("mlp_hidden_size")
             return cls(
                 layout="llada", vocab_size=d["vocab_size"], hidden_size=d["d_model"],
-                num_layers=d["n_layers"], num_heads=d["n_heads"],
-                num_kv_heads=d.get("n_kv_heads") or d["n_heads"],
-                intermediate_size=d["mlp_hidden_size"],
+                num_layers=d["n_layers"], num_heads=d["n_heads"], num_kv_heads=kv,
+                intermediate_size=mlp if mlp is not None else d.get("mlp_ratio", 4) * d["d_model"],
                 rope_theta=d.get("rope_theta", 10000.0), rms_norm_eps=d.get("rms_norm_eps", 1e-5),
-                max_position_embeddings=d.get("max_sequence_length", 4096),
+                max_position_embeddings=d.get("max_sequence_length", 1024),
                 qkv_bias=bool(d.get("include_qkv_bias", False)),
-                tie_word_embeddings=bool(d.get("weight_tying", False)),
+                tie_word_embeddings=bool(d.get("weight_tying", True)),  # LLaDAConfig's default
                 embedding_size=d.get("embedding_size"),
                 mask_token_id=d.get("mask_token_id", 126336), eos_token_id=d.get("eos_token_id"),
                 pad_token_id=d.get("pad_token_id"), bos_token_id=d.get("bos_token_id"),
-                extra={k: v for k, v in d.items() if k not in known},
+                extra={k: v for k, v in d.items() if k not in LLADA_FIELDS},
             )
         if mt in ("dream", "qwen2"):
-            known = {
-                "model_type", "architectures", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                "num_key_value_heads", "intermediate_size", "vocab_size", "rope_theta", "rms_norm_eps",
-                "max_position_embeddings", "tie_word_embeddings", "mask_token_id", "eos_token_id",
-                "pad_token_id", "bos_token_id", "rope_parameters",
-            }
-            # transformers >= 5 writes `rope_parameters: {rope_type, rope_theta}` instead of a
-            # top-level `rope_theta` (and `rope_scaling`); accept both spellings.
+            check_qwen2("Dream" if mt == "dream" else "Qwen2", d)
             rope = d.get("rope_parameters") or {}
-            if d.get("rope_scaling") or rope.get("rope_type", "default") != "default":
-                raise ValueError("rope_scaling is not supported")
-            if d.get("use_sliding_window"):
-                raise ValueError("sliding-window attention is not supported")
             rope_theta = d.get("rope_theta", rope.get("rope_theta", 10000.0))
             return cls(
                 layout="dream" if mt == "dream" else "qwen2", vocab_size=d["vocab_size"],
@@ -126,7 +115,7 @@ class ModelConfig:
                 tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
                 mask_token_id=d.get("mask_token_id"), eos_token_id=d.get("eos_token_id"),
                 pad_token_id=d.get("pad_token_id"), bos_token_id=d.get("bos_token_id"),
-                extra={k: v for k, v in d.items() if k not in known},
+                extra={k: v for k, v in d.items() if k not in QWEN2_FIELDS},
             )
         raise ValueError(f"unsupported model_type {mt!r}; expected llada, dream or qwen2")
 

@@ -20,6 +20,7 @@ import torch
 
 from lab.worlds import arith
 from models.engine import TextEngine
+from models.resolve import resolve_base
 from models.sampling import SamplingParams
 
 CKPT = Path(__file__).resolve().parents[2] / "checkpoints"
@@ -27,9 +28,8 @@ STUDENT, AR = CKPT / "arith-d2f-lora", CKPT / "arith-qwen2-ar"
 
 
 def teacher_of(student: Path) -> Path:
-    """The base model a D2F adapter was trained on (its adapter_config's base_model_name_or_path)."""
-    base = Path(json.loads((student / "adapter_config.json").read_text())["base_model_name_or_path"])
-    return base if base.is_absolute() else (student / base).resolve()
+    """The base model a D2F adapter was trained on, found as the loader finds it."""
+    return resolve_base(student)
 
 
 TEACHER = teacher_of(STUDENT)

@@ -8,7 +8,6 @@ stepped by one background loop (models.engine.driver): concurrent requests share
 
 from __future__ import annotations
 
-import json
 import random
 import time
 import weakref
@@ -28,20 +27,20 @@ from models.engine.driver import EngineLoop, apull, async_sink, pull, thread_sin
 from models.engine.output import OutputWriter
 from models.engine.request import Completion, Plan, RequestStats, TextDelta, TextRequest
 from models.engine.sequence import Sequence, Sink
+from models.resolve import resolve_base
 from models.sampling import SamplingParams
 from models.tokenizer import TextTokenizer
 
 RECENT_REQUESTS = 1024  # stats kept of finished requests with an id, for inspection (tests, debugging)
 
 
-def tokenizer_dir(model_dir: Path) -> Path:
-    """Where a model's tokenizer lives: its own dir, else its adapter's base model dir."""
+def tokenizer_dir(model_dir: Path, base_dir: str | Path | None = None) -> Path:
+    """Where a model's tokenizer lives: its own dir, else its adapter's base model dir (`base_dir`, or
+    found from base_model_name_or_path as load_model finds it)."""
     if (model_dir / "tokenizer.json").exists():
         return model_dir
-    acfg = model_dir / "adapter_config.json"
-    if acfg.exists():
-        base = Path(json.loads(acfg.read_text())["base_model_name_or_path"])
-        return base if base.is_absolute() else (model_dir / base).resolve()
+    if (model_dir / "adapter_config.json").exists():
+        return resolve_base(model_dir, base_dir)
     raise FileNotFoundError(f"{model_dir}: no tokenizer.json")
 
 
@@ -49,17 +48,18 @@ class TextEngine:
     def __init__(self, model_dir: str | Path, method: str = "d2f", decoder_options: dict[str, Any] | None = None,
                  dtype: torch.dtype = torch.float32, device: str = "cpu", template: bool = True,
                  max_concurrency: int = 16, config: EngineConfig | None = None,
-                 prompt_format: str = "auto") -> None:
+                 prompt_format: str = "auto", base_dir: str | Path | None = None) -> None:
         """max_concurrency: sequences decoded together (EngineConfig.max_num_seqs), unless `config` is given.
         prompt_format: how prompts are formatted (models.prompting: "auto", "chat", "template", "raw");
-        template=False is the older spelling of prompt_format="raw"."""
+        template=False is the older spelling of prompt_format="raw".
+        base_dir: the base model of an adapter `model_dir` (default: found from its adapter_config.json)."""
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
         self.model_dir = Path(model_dir)
-        self.tokenizer = TextTokenizer(tokenizer_dir(self.model_dir))
+        self.tokenizer = TextTokenizer(tokenizer_dir(self.model_dir, base_dir))
         self.prompt_format = prompt_format if template else "raw"
         self.tokenizer.encode_prompt("x", self.prompt_format)  # a mode the checkpoint lacks fails before the load
-        self.model = load_model(self.model_dir, dtype=dtype, device=device)
+        self.model = load_model(self.model_dir, dtype=dtype, device=device, base_dir=base_dir)
         self.method = method
         self.decoder_options = dict(decoder_options or {})
         # The single-sequence decoder: the request's config (thresholds) for the batched engine, and

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field
@@ -12,7 +13,7 @@ from pydantic import Field
 from models.decoders import METHODS, D2FConfig
 from models.engine import AdaptivePolicy, EngineConfig
 from models.prompting import PROMPT_MODES
-from services.workers.config import STRICT, AppArgs, ModelSection, check_max_tokens
+from services.workers.config import STRICT, AppArgs, ModelSection, check_max_tokens, repo_path
 
 D2F_KNOBS = ("tau_add", "tau_act", "tau_conf")
 
@@ -75,6 +76,9 @@ class BatchingDefaults:
 class TextModelConfig(ModelSection):
     name: str = "d2f-arith"
     model_dir: str = "checkpoints/arith-d2f-lora"  # relative = against the repo root
+    # The base model of an adapter model_dir, when its base_model_name_or_path does not lead to it (a hub id
+    # not under $TESSERA_MODEL_ROOT or the HF cache, an author's path); "" = find it (models.resolve).
+    base_model_dir: str = ""  # relative = against the repo root
     method: str = "d2f"
     # How prompts are formatted (models.prompting): "auto" = the checkpoint's chat template (with BOS), else
     # its prompt_template (the tiny models), else as is; "chat" / "template" insist on one; "raw" = as is.
@@ -83,6 +87,10 @@ class TextModelConfig(ModelSection):
     batching: BatchingDefaults = field(default_factory=BatchingDefaults)
     default_max_tokens: int = 128
     max_tokens_limit: int = 512  # further capped per request by the model's positions
+
+    @property
+    def base_path(self) -> Path | None:
+        return repo_path(self.base_model_dir) if self.base_model_dir else None
 
     def __post_init__(self) -> None:
         ModelSection.__post_init__(self)  # (zero-argument super() does not work in slotted dataclasses)

@@ -48,7 +48,7 @@ class LocalTextEngine:
         self.engine = await asyncio.to_thread(
             TextEngine, self.cfg.path, self.cfg.method, self._defaults, dtype=getattr(torch, self.cfg.dtype),
             device=self.cfg.device, config=self.cfg.batching.engine_config(self.max_concurrency),
-            prompt_format=self.cfg.prompt_format)
+            prompt_format=self.cfg.prompt_format, base_dir=self.cfg.base_path)
 
     @property
     def max_positions(self) -> int:

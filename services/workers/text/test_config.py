@@ -68,3 +68,10 @@ def test_batching_section_builds_the_engine_config() -> None:
     assert TextArgs().model.batching.engine_config(4).kv_cache_tokens is None  # 0 = the engine's default
     with pytest.raises(ConfigError, match="max_num_batched_tokens must be >= 1"):
         TextArgs.load({"model": {"batching": {"max_batched_tokens": 0}}})
+
+
+def test_base_model_dir_resolves_like_model_dir(tmp_path: Path) -> None:
+    assert TextModelConfig().base_path is None  # "" = found from the adapter's base_model_name_or_path
+    args = TextArgs.load({"model": {"base_model_dir": "models/llada-8b-instruct"}})
+    assert args.model.base_path == REPO_ROOT / "models/llada-8b-instruct"
+    assert TextModelConfig(base_model_dir=str(tmp_path)).base_path == tmp_path

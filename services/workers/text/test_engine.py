@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 import torch
 
+from models.checkpoint import load_model
 from models.engine import TextEngine, request_seed
+from models.lora import apply_lora, lora_modules, save_adapter
 from models.sampling import SamplingParams
 from services.workers.protocol import InvalidRequestError
 from services.workers.text.config import TextModelConfig
@@ -163,3 +165,28 @@ def test_prompt_overhead_and_counts_follow_the_prompt_format(tiny_model_dir: Pat
     assert seen["raw"] == (0, 0)
     assert seen["template"] == seen["auto"] and seen["template"][0] > 0
     assert seen["chat"] == (bos_and_markers, bos_and_markers)
+
+
+def test_base_model_dir_reaches_the_engine(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """An adapter whose base_model_name_or_path is a hub id not on disk loads on model.base_model_dir."""
+    model = load_model(tiny_model_dir)
+    torch.manual_seed(0)
+    apply_lora(model, ["q_proj", "v_proj"], r=2, alpha=4, dropout=0.0)
+    with torch.no_grad():
+        for _, m in lora_modules(model):
+            m.lora_B.normal_(std=0.1)
+    save_adapter(model, tmp_path / "adapter", base_model="nobody/not-downloaded", r=2, alpha=4, dropout=0.0)
+    cfg = TextModelConfig(name="tiny", model_dir=str(tmp_path / "adapter"))
+    with pytest.raises(FileNotFoundError, match="base model 'nobody/not-downloaded' not found"):
+        asyncio.run(LocalTextEngine(cfg).start())
+    eng = LocalTextEngine(TextModelConfig(name="tiny", model_dir=str(tmp_path / "adapter"),
+                                          base_model_dir=str(tiny_model_dir)))
+    asyncio.run(eng.start())
+    try:
+        assert eng.engine is not None
+        merged = eng.engine.model.layers[0].q_proj.weight
+        assert torch.equal(merged, load_model(tiny_model_dir, tmp_path / "adapter").layers[0].q_proj.weight)
+        assert not torch.equal(merged, load_model(tiny_model_dir).layers[0].q_proj.weight)
+        assert eng.engine.tokenizer.encode(PROMPT)  # the base's tokenizer
+    finally:
+        asyncio.run(eng.shutdown())
