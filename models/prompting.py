@@ -7,6 +7,8 @@ Modes (`PromptMode`):
   `apply_chat_template` renders it (same Jinja sandbox, options, helpers and variables; see `_environment`).
 - "template": the tiny embedded models' `prompt_template` (`"Question: {prompt}\\nAnswer:"`), `str.format`ted.
 - "raw": the prompt as is: no template, no BOS.
+- "bos": the prompt as is after one BOS: how the D2F evaluation prompts base models (Dream-v0-Base-7B:
+  few-shot text, `add_bos_token=true`), whatever the tokenizer config's add_bos_token says.
 - "auto" (the default): "chat" when the checkpoint has a chat template, else "template" when it has a
   prompt_template, else the prompt as is (with BOS only where add_bos_token says so).
 
@@ -41,7 +43,7 @@ from jinja2 import nodes
 from jinja2.ext import Extension, loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-PromptMode = Literal["auto", "chat", "template", "raw"]
+PromptMode = Literal["auto", "chat", "template", "raw", "bos"]
 PROMPT_MODES: tuple[str, ...] = get_args(PromptMode)
 # The named special tokens transformers passes to every chat template (SPECIAL_TOKENS_ATTRIBUTES).
 SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
@@ -116,14 +118,16 @@ class PromptFormat:
             raise ValueError("prompt format 'chat': the tokenizer config has no chat_template")
         if mode == "template" and not self.prompt_template:
             raise ValueError("prompt format 'template': the tokenizer config has no prompt_template")
+        if mode == "bos" and not self.bos_token:
+            raise ValueError("prompt format 'bos': the tokenizer config has no bos_token")
         return mode
 
     def render(self, prompt: str, mode: str = "auto") -> tuple[str, bool]:
         """The text to encode (without adding special tokens) and whether a BOS must start its ids
         (once: the caller skips it when the ids already start with BOS)."""
         style = self.resolve(mode)
-        if style == "raw":
-            return prompt, False
+        if style in ("raw", "bos"):
+            return prompt, style == "bos"
         if style == "chat":
             assert self.chat_template is not None
             return render_chat(self.chat_template, [{"role": "user", "content": prompt}],

@@ -129,6 +129,17 @@ def test_raw_mode_is_the_text_alone(tmp_path: Path, spec: dict[str, Any]) -> Non
     assert ours.token_id(spec["bos_token"]) not in ours.encode_prompt(PROMPTS[0], "raw")
 
 
+@pytest.mark.parametrize("spec", [LLADA, DREAM])
+def test_bos_mode_is_one_bos_then_the_text(tmp_path: Path, spec: dict[str, Any]) -> None:
+    """A base model as the D2F eval prompts it (few-shot text, add_bos_token=true)."""
+    ours = TextTokenizer(write_tokenizer_dir(tmp_path / "m", spec))
+    bos = ours.token_id(spec["bos_token"])
+    assert ours.encode_prompt(PROMPTS[0], "bos") == [bos, *ours.encode(PROMPTS[0])]
+    assert ours.encode_prompt(spec["bos_token"] + PROMPTS[0], "bos") == [bos, *ours.encode(PROMPTS[0])]  # once
+    with pytest.raises(ValueError, match="no bos_token"):
+        TextTokenizer(STUDENT).encode_prompt(PROMPTS[0], "bos")
+
+
 def test_feature_template_matches_transformers(tmp_path: Path) -> None:
     d = write_tokenizer_dir(tmp_path / "f", {**DREAM, "chat_template": FEATURE_TEMPLATE})
     ref = reference(d)

@@ -81,7 +81,8 @@ class TextModelConfig(ModelSection):
     base_model_dir: str = ""  # relative = against the repo root
     method: str = "d2f"
     # How prompts are formatted (models.prompting): "auto" = the checkpoint's chat template (with BOS), else
-    # its prompt_template (the tiny models), else as is; "chat" / "template" insist on one; "raw" = as is.
+    # its prompt_template (the tiny models), else as is; "chat" / "template" insist on one; "raw" = as is;
+    # "bos" = as is after one BOS (base models such as Dream-v0-Base, as the D2F evaluation prompts them).
     prompt_format: str = "auto"
     decoder: DecoderDefaults = field(default_factory=DecoderDefaults)
     batching: BatchingDefaults = field(default_factory=BatchingDefaults)
