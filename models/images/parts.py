@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from models.nextstep.vae import ImageTokenizer, from_uint8, to_uint8
 from models.tokenizer import TextCodec, TextTokenizer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -75,3 +79,64 @@ def load_parts(model_dir: Path, resolution: int, device: str, dtype: torch.dtype
     parts = ImageParts(vae, TextTokenizer(model_dir), resolution or native_resolution(model_dir))
     parts.grid  # noqa: B018 - raises now if the resolution does not fit the VAE
     return parts
+
+
+# ---- prompt encoding as the originals do it ---------------------------------------------------------
+
+
+class ContextEncoder:
+    """`encode(text)` plus `after(prev_id, text)`: the ids of `text` where it follows the special token
+    `prev_id` in one string. The originals tokenize whole strings ("<|end_of_image|>instruction",
+    "<eoss>question", bos_token + caption); a tokenizer splits at special tokens first, but a
+    pre-tokenizer may still treat the start of the string differently from the start of a later
+    segment (SentencePiece's prefix space), so encoding the segment alone could differ. The prompt
+    builders use `after` where it exists and plain encoding otherwise (the tiny models' format)."""
+
+    def __init__(self, tok: TextTokenizer) -> None:
+        self.tok = tok
+
+    def __call__(self, text: str) -> list[int]:
+        return self.tok.encode(text)
+
+    def after(self, prev_id: int | None, text: str) -> list[int]:
+        if prev_id is None or not text:
+            return self.tok.encode(text)
+        lead = self.tok.tok.id_to_token(prev_id)
+        ids = self.tok.encode(lead + text) if lead is not None else []
+        if not ids or ids[0] != prev_id:  # not a special token of this tokenizer: encode the text alone
+            return self.tok.encode(text)
+        return ids[1:]
+
+
+def tokenizer_config(model_dir: Path) -> dict[str, Any]:
+    path = model_dir / "tokenizer_config.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+_UNSET = object()
+
+
+def special_id(model_dir: Path, tok: TextTokenizer, key: str) -> Any:
+    """The id of tokenizer_config.json's `key` ("bos_token", "sep_token"; a string or an AddedToken
+    dict), None when the key is null, `_UNSET` when the key is absent."""
+    cfg = tokenizer_config(model_dir)
+    if key not in cfg:
+        return _UNSET
+    v = cfg[key]
+    if v is None:
+        return None
+    content = v.get("content") if isinstance(v, dict) else v
+    tid = tok.token_id(str(content))
+    if tid is None:
+        raise ValueError(f"{model_dir / 'tokenizer_config.json'}: {key} {content!r} is not in tokenizer.json")
+    return tid
+
+
+def adopt(owner: Any, field: str, value: Any, model_dir: Path) -> None:
+    """Set owner.field to the tokenizer's id (unless absent): the originals build prompts from the
+    tokenizer, so where config.json says otherwise the tokenizer wins (logged)."""
+    if value is _UNSET or getattr(owner, field) == value:
+        return
+    log.warning("%s: %s %r from the tokenizer replaces config.json's %r", model_dir, field, value,
+                getattr(owner, field))
+    setattr(owner, field, value)

@@ -5,7 +5,18 @@ Qwen2.5-shaped (GQA, q/k/v bias, no o bias). Two spellings of the image keys exi
 NextStep-1.1 `config.json` (`genloss_width`, `genloss_depth`, `num_channels`, `patch_size`,
 `image_loss_weight`) and the older `NextStepConfig.__init__` arguments (`fm_head_dim`,
 `fm_head_layers`, `latent_channels`, `latent_patch_size`, `im_loss_weight`). `from_hf` reads
-both; `to_hf` writes the 1.1 spelling. Keys we do not model are kept in `extra` and written back.
+both; `to_hf` writes the 1.1 spelling.
+
+Reading is strict (`models.config_check`): `_MATHS` lists the keys that change the maths with the
+values implemented here, `_HARMLESS` the keys that do not; any other key, or a maths key at another
+value, raises ValueError naming the key and the value. Maths and harmless keys we do not model are
+kept in `extra` and written back. Defaults follow the original `NextStepConfig(LlamaConfig)`: an
+absent `attention_bias` is Llama's False, an absent `o_attention_bias` follows `attention_bias`.
+
+`prompt_format`: "original" (the NextStep pipelines' CFG rows: an edit without image guidance has
+two rows, [image + instruction, negative], brief §2.2) or "tessera" (the embedded tiny checkpoints,
+trained for three edit rows whatever the image scale). Absent, it is "original", unless the config
+was written by Tessera before the key existed (it then carries `image_area_id`, which only Tessera writes).
 """
 
 from __future__ import annotations
@@ -14,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from models.config import ModelConfig
+from models.config_check import GENERIC_HF_KEYS, Accept, check_config
 
 # The VAE is Flux's f8 autoencoder (ch_mult [1,2,4,4]); no config key carries this.
 VAE_DOWNSAMPLE = 8
@@ -31,7 +43,7 @@ _SIMPLE = (
     "vocab_size", "hidden_size", "intermediate_size", "rms_norm_eps", "max_position_embeddings",
     "tie_word_embeddings", "boi", "eoi", "image_placeholder_id", "image_area_id", "pad_token_id_added", "bos_token_id",
     "eos_token_id", "pad_token_id", "lm_loss_weight", "latent_size", "base_image_grid_size",
-    "attention_bias", "o_attention_bias",
+    "attention_bias", "o_attention_bias", "prompt_format",
 )
 # The released checkpoints announce themselves as LlamaForCausalLM (+ an auto_map, kept in extra);
 # written by default and not kept in `extra` when it is that value, so configs compare equal.
@@ -42,6 +54,32 @@ _NULLABLE = ("pad_token_id_added", "bos_token_id", "eos_token_id", "pad_token_id
 # Keys we consume but whose value only needs checking (they are re-derived in `to_hf`).
 _CHECKED = ("model_type", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
             "rope_theta", "rope_parameters", "rope_scaling", "mlp_bias", "hidden_act")
+
+
+def _default_rope(v: Any) -> bool:
+    return isinstance(v, dict) and v.get("rope_type", v.get("type", "default")) == "default"
+
+
+# Keys that change the maths, with the values implemented here (null = absent = the default).
+_MATHS: dict[str, Accept] = {
+    "hidden_act": Accept(("silu",)),
+    "mlp_bias": Accept((False,)),
+    "rope_scaling": Accept(test=lambda v: not v or _default_rope(v), means="null (no RoPE scaling)"),
+    "rope_parameters": Accept(test=_default_rope, means="rope_type 'default'"),
+    "use_sliding_window": Accept((False,)),
+    # transformers >= 5 writes one entry per layer
+    "layer_types": Accept(test=lambda v: all(t == "full_attention" for t in v), means="all 'full_attention'"),
+    "pretraining_tp": Accept((1,)),  # Llama's >1 slices the projections (another rounding)
+    "use_gen_pos_embed": Accept((False,)),  # additive 2D sin-cos on the image positions (brief §2.1)
+    "use_2d_rope": Accept((False,)),  # the training code's optional 2D RoPE index (brief §2.1)
+    "genloss_type": Accept(("transport",), means="'transport' (the flow-matching head)"),
+}
+# Keys that do not change what we run: dropout (inference), sliding-window sizes (read only with
+# use_sliding_window), the VAE's location, the base grid of the unused 2D position embedding.
+_HARMLESS = GENERIC_HF_KEYS | {"attention_dropout", "sliding_window", "max_window_layers", "vae_name_or_path",
+                               "image_size"}
+PROMPT_FORMATS = ("original", "tessera")
+_TESSERA_MARKER = "image_area_id"  # only Tessera's to_hf writes it
 
 
 @dataclass(slots=True)
@@ -57,6 +95,7 @@ class NextStepConfig:
     max_position_embeddings: int = 131072
     attention_bias: bool = True  # q/k/v bias (Qwen2)
     o_attention_bias: bool = False
+    prompt_format: str = "original"  # see the module docstring
     tie_word_embeddings: bool = False
     # special tokens (NextStep-1.1: boi 151667, eoi 151668, placeholder 151669, pad 151665)
     boi: int = 151667
@@ -92,7 +131,8 @@ class NextStepConfig:
                              f"kv heads {self.num_kv_heads}")
         if self.o_attention_bias:
             # models.transformer.Block's o_proj has no bias; the released configs say false.
-            raise ValueError("o_attention_bias=true is not supported")
+            raise ValueError("config key 'o_attention_bias' = True is not implemented (implemented: False; "
+                             "unset, it follows attention_bias)")
         specials = {"boi": self.boi, "eoi": self.eoi, "image_placeholder_id": self.image_placeholder_id,
                     "image_area_id": self.image_area_id}
         for name, v in specials.items():
@@ -102,6 +142,8 @@ class NextStepConfig:
             raise ValueError(f"special image tokens must be distinct: {specials}")
         if self.extra.get("use_gen_pos_embed"):
             raise ValueError("use_gen_pos_embed (additive 2D sin-cos) is not supported")
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise ValueError(f"prompt_format must be one of {PROMPT_FORMATS}, got {self.prompt_format!r}")
 
     @property
     def head_dim(self) -> int:
@@ -142,25 +184,25 @@ class NextStepConfig:
     def from_hf(cls, d: dict[str, Any]) -> NextStepConfig:
         if str(d.get("model_type", "")).lower() != "nextstep":
             raise ValueError(f"expected model_type 'nextstep', got {d.get('model_type')!r}")
+        known = set(_SIMPLE) | set(_CHECKED) | {k for keys in _ALIASES.values() for k in keys}
+        check_config("NextStep config.json", d, known - set(_MATHS), _MATHS, _HARMLESS)
         rope = d.get("rope_parameters") or {}  # transformers >= 5 spelling of rope_theta
-        if d.get("rope_scaling") or rope.get("rope_type", "default") != "default":
-            raise ValueError("rope_scaling is not supported")
-        if d.get("mlp_bias"):
-            raise ValueError("mlp_bias=true is not supported")
-        if d.get("hidden_act", "silu") != "silu":
-            raise ValueError(f"hidden_act {d['hidden_act']!r} is not supported")
         heads = d["num_attention_heads"]
         if d.get("head_dim") not in (None, d["hidden_size"] // heads):
-            raise ValueError(f"head_dim {d['head_dim']} != hidden_size / num_attention_heads")
-        if d.get("use_sliding_window"):
-            raise ValueError("sliding-window attention is not supported")
+            raise ValueError(f"NextStep config.json: config key 'head_dim' = {d['head_dim']!r} is not implemented "
+                             f"(implemented: hidden_size / num_attention_heads = {d['hidden_size'] // heads})")
         kw: dict[str, Any] = {k: d[k] for k in _SIMPLE if k in d and (d[k] is not None or k in _NULLABLE)}
         for ours, keys in _ALIASES.items():
             for k in keys:
                 if d.get(k) is not None:
                     kw[ours] = d[k]
                     break
-        known = set(_SIMPLE) | set(_CHECKED) | {k for keys in _ALIASES.values() for k in keys}
+        # The original NextStepConfig(LlamaConfig): attention_bias defaults to Llama's False, and an
+        # unset o_attention_bias follows attention_bias.
+        kw["attention_bias"] = bool(d.get("attention_bias") or False)
+        if d.get("o_attention_bias") is None:
+            kw["o_attention_bias"] = kw["attention_bias"]
+        kw["prompt_format"] = d.get("prompt_format") or ("tessera" if _TESSERA_MARKER in d else "original")
         return cls(
             num_layers=d["num_hidden_layers"], num_heads=heads,
             num_kv_heads=d.get("num_key_value_heads") or heads,

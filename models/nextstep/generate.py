@@ -2,10 +2,16 @@
 
 Prompt layout, per CFG row (left-padded to the longest row or to `pad_to`, `bos` first like the new pipeline):
     text-to-image  cond:    bos caption[" " positive]  <|image_area|>"{gh}*{gw}" boi
-                   uncond:  bos negative               <|image_area|>"{gh}*{gw}" boi
+                   uncond:  bos negative               <|image_area|>"{gh}*{gw}" boi   (only when cfg != 1)
     editing        [image + instruction (+ positive)], [image + negative], [negative]
                    where "image" = <|image_area|>"{gh}*{gw}" boi placeholder×(gh·gw) eoi, its VAE
                    tokens projected into the placeholder slots (duplicated for rows 1 and 2).
+                   The original (brief §2.2 `_build_captions`) drops the guidance rows it does not use:
+                   cfg == 1 -> [cond]; cfg_img == 1 -> [cond, negative]. `GenerationConfig.
+                   original_rows=False` keeps all three (the tiny models' layout).
+The original tokenizes whole strings (bos_token + caption, "<|image_area|>32*32", image_str +
+instruction); an `encode` with an `after(prev_id, text)` method (models.images.parts.ContextEncoder)
+encodes each text where it follows its special token there; a plain `encode` encodes it alone.
 All rows of all requests run in ONE backbone batch: prefill, then one position per image token.
 Each step: c = image_out_projector(h_last) -> FM head (one call over every row) -> CFG -> token
 [-> LayerNorm if use_norm] -> the SAME token is fed back to every CFG row. Exactly gh·gw tokens;
@@ -41,6 +47,8 @@ class GenerationConfig:
     positive_prompt: str = ""
     negative_prompt: str = ""
     use_cache: bool = True  # False recomputes the whole sequence every step (tests, debugging)
+    # Edit rows as the original builds them (fewer rows when a scale is 1); False: always three rows.
+    original_rows: bool = True
 
     def __post_init__(self) -> None:
         if self.steps <= 0 or self.shift <= 0:
@@ -50,9 +58,17 @@ class GenerationConfig:
 # ---- prompt layout ------------------------------------------------------------------------------
 
 
+def _after(encode: Encode, prev: int | None, text: str) -> list[int]:
+    """`text` encoded where it follows the special token `prev` in the original's string (see the
+    module docstring), or alone when `encode` has no `after`."""
+    after = getattr(encode, "after", None)
+    return after(prev, text) if after is not None else encode(text)
+
+
 def image_area_ids(model: NextStep, encode: Encode, grid: tuple[int, int]) -> list[int]:
     """`<|image_area|>{gh}*{gw}`: the special token, then the digits as ordinary text."""
-    return [model.config.image_area_id, *encode(f"{grid[0]}*{grid[1]}")]
+    area = model.config.image_area_id
+    return [area, *_after(encode, area, f"{grid[0]}*{grid[1]}")]
 
 
 def image_context_ids(model: NextStep, encode: Encode, grid: tuple[int, int]) -> list[int]:
@@ -94,26 +110,42 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int,
     return ids, valid
 
 
+def _bos(model: NextStep) -> list[int]:
+    return [] if model.config.bos_token_id is None else [model.config.bos_token_id]
+
+
 def t2i_rows(model: NextStep, encode: Encode, prompts: Sequence[str], grid: tuple[int, int],
              gen: GenerationConfig) -> list[list[int]]:
     """[cond × B] or, with guidance, [cond × B, uncond × B]."""
-    bos = [] if model.config.bos_token_id is None else [model.config.bos_token_id]
+    bos = _bos(model)
+    prev = bos[0] if bos else None
     tail = output_prefix_ids(model, encode, grid)
-    rows = [bos + encode(_text(p, gen.positive_prompt)) + tail for p in prompts]
+    rows = [bos + _after(encode, prev, _text(p, gen.positive_prompt)) + tail for p in prompts]
     if gen.cfg_scale != 1.0:
-        rows += [bos + encode(gen.negative_prompt) + tail for _ in prompts]
+        rows += [bos + _after(encode, prev, gen.negative_prompt) + tail for _ in prompts]
     return rows
+
+
+def edit_groups(gen: GenerationConfig) -> int:
+    """CFG row groups of an edit: 3, or as the original (brief §2.2) 1 without text guidance and 2
+    without image guidance."""
+    if not gen.original_rows:
+        return 3
+    return 1 if gen.cfg_scale == 1.0 else 2 if gen.cfg_img_scale == 1.0 else 3
 
 
 def edit_rows(model: NextStep, encode: Encode, instructions: Sequence[str], in_grid: tuple[int, int],
               out_grid: tuple[int, int], gen: GenerationConfig) -> list[list[int]]:
-    """[image + instruction × B, image + negative × B, negative × B]."""
-    bos = [] if model.config.bos_token_id is None else [model.config.bos_token_id]
+    """[image + instruction × B, image + negative × B, negative × B], the original's fewer groups
+    with `original_rows` (edit_groups: [cond] or [cond, negative])."""
+    bos = _bos(model)
+    eoi, prev = model.config.eoi, bos[0] if bos else None
     image = image_context_ids(model, encode, in_grid)
     tail = output_prefix_ids(model, encode, out_grid)
-    neg = encode(gen.negative_prompt)
-    return ([bos + image + encode(_text(s, gen.positive_prompt)) + tail for s in instructions]
-            + [bos + image + neg + tail for _ in instructions] + [bos + neg + tail for _ in instructions])
+    cond = [bos + image + _after(encode, eoi, _text(s, gen.positive_prompt)) + tail for s in instructions]
+    image_neg = [bos + image + _after(encode, eoi, gen.negative_prompt) + tail for _ in instructions]
+    neg = [bos + _after(encode, prev, gen.negative_prompt) + tail for _ in instructions]
+    return {1: cond, 2: cond + neg, 3: cond + image_neg + neg}[edit_groups(gen)]
 
 
 # ---- the autoregressive loop ------------------------------------------------------------------------
@@ -185,8 +217,8 @@ def edit_image_tokens(model: NextStep, encode: Encode, src: torch.Tensor, instru
     if src.shape[0] != len(instructions):
         raise ValueError(f"{src.shape[0]} images for {len(instructions)} instructions")
     ids, valid = left_pad(edit_rows(model, encode, instructions, in_grid, out_grid, gen), model.config.pad_id, pad_to)
-    # Placeholder slots in row-major order: rows 0..B-1 then B..2B-1 hold an image; the last B none.
-    image_tokens = torch.cat([src.reshape(-1, src.shape[-1])] * 2)
+    # Placeholder slots in row-major order: the cond rows, then (3 groups) the image + negative rows.
+    image_tokens = torch.cat([src.reshape(-1, src.shape[-1])] * (2 if edit_groups(gen) == 3 else 1))
     return generate_tokens(model, ids, valid, len(instructions), out_grid[0] * out_grid[1], gen,
                            image_tokens=image_tokens, generator=generator, on_token=on_token)
 

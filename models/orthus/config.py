@@ -3,8 +3,17 @@
 Orthus checkpoints are tagged "chameleon" and use Chameleon's config keys (brief §1.1, §1.4):
 vocab/hidden/intermediate sizes, layer/head counts, `rms_norm_eps`, `rope_theta` (older
 transformers) or `rope_parameters` (transformers >= 5), `vq_config`, `vocabulary_map`. Orthus adds
-the diffusion head width `diffloss_w` (and `diffloss_d`, accepted but unused by the original, so it
-stays in `extra`). Every key we do not model is kept in `extra` and written back unchanged.
+the diffusion head width `diffloss_w` (and `diffloss_d`, accepted but unused by the original).
+
+Reading is strict (`models.config_check`): `_MATHS` lists the keys that change the maths with the
+values implemented here, `_HARMLESS` the keys that do not change what we run; any other key, or a
+maths key at another value, raises ValueError naming the key and the value.
+
+`prompt_format` says how prompts are laid out: "original" (Orthus's scripts: T2I guidance row
+"Generate an image.", brief §1.2) or "tessera" (the embedded tiny checkpoints, trained with an empty
+guidance row, lab/training/images/orthus.py). A config.json without the key is "original", unless it
+was written by Tessera before the key existed (it then carries `head_num_res_blocks`, which only
+Tessera writes: the original hard-codes 3 blocks).
 """
 
 from __future__ import annotations
@@ -12,14 +21,64 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-# Keys this class owns; anything else in config.json goes to `extra`.
+from models.config_check import GENERIC_HF_KEYS, Accept, check_config
+
+# Keys this class reads (their values are validated in __post_init__), and the maths keys `to_hf`
+# writes at their one implemented value: neither kind is kept in `extra`.
 _KNOWN = {
     "model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-    "num_key_value_heads", "rms_norm_eps", "rope_theta", "rope_parameters", "rope_scaling",
-    "max_position_embeddings", "tie_word_embeddings", "bos_token_id", "eos_token_id", "pad_token_id",
-    "image_token_id", "boi_token_id", "eoi_token_id", "sep_token_id", "image_token_offset", "image_seq_length",
-    "diffloss_w", "head_num_res_blocks", "latent_scale", "hidden_act", "swin_norm", "attention_bias", "mlp_bias",
+    "num_key_value_heads", "rms_norm_eps", "rope_theta", "max_position_embeddings", "tie_word_embeddings",
+    "bos_token_id", "eos_token_id", "pad_token_id", "image_token_id", "boi_token_id", "eoi_token_id",
+    "sep_token_id", "image_token_offset", "image_seq_length", "diffloss_w", "head_num_res_blocks", "latent_scale",
+    "prompt_format",
 }
+_WRITTEN = {"hidden_act", "swin_norm", "attention_bias", "mlp_bias", "rope_parameters", "rope_scaling"}
+# Read but also carried through unchanged (to_hf writes them back from `extra`).
+_CARRIED = {"vq_config", "vocabulary_map"}
+
+
+def _default_rope(v: Any) -> bool:
+    return isinstance(v, dict) and v.get("rope_type", v.get("type", "default")) == "default"
+
+
+# Keys that change the maths, with the values implemented here (null = absent = the default).
+_MATHS: dict[str, Accept] = {
+    "swin_norm": Accept((False,)),  # True: Chameleon-30B's norm placement (after attention / MLP)
+    "attention_bias": Accept((False,)),  # Chameleon-7B has no q/k/v/o biases
+    "mlp_bias": Accept((False,)),
+    "hidden_act": Accept(("silu",)),
+    "rope_scaling": Accept(test=lambda v: not v or _default_rope(v), means="null (no RoPE scaling)"),
+    "rope_parameters": Accept(test=_default_rope, means="rope_type 'default'"),
+    # Per-head LayerNorm on q and k (brief §1.1): always applied here (transformers' Chameleon has no
+    # switch; Meta's params call it qk_normalization).
+    "qk_layernorm": Accept((True,)),
+    "qk_normalization": Accept((True,)),
+    # Chameleon-30B (model_parallel_size 4) splits the per-head q/k norms across shards.
+    "model_parallel_size": Accept((1,)),
+}
+# Keys that do not change what we run: dropout (inference), training-only head settings, and
+# `diffloss_d`, which the original accepts and never uses (brief §1.1).
+_HARMLESS = GENERIC_HF_KEYS | {"attention_dropout", "diffloss_d", "diffusion_batch_mul"}
+# vq_config describes Chameleon's VQGAN, which Tessera carries (`model.vqmodel.*`) but does not run
+# (the image parts come from the checkpoint's vae/ directory). What it changes here: the codebook
+# size and feature width (read), and the token grid, checked against image_seq_length.
+_VQ_KNOWN = {"embed_dim", "num_embeddings", "n_embed", "resolution", "channel_multiplier"}
+_VQ_HARMLESS = GENERIC_HF_KEYS | {
+    "model_type", "base_channels", "num_res_blocks", "attn_resolutions", "attn_type", "latent_channels",
+    "in_channels", "out_channels", "double_latent", "dropout", "z_channels",
+}
+PROMPT_FORMATS = ("original", "tessera")
+# Only Tessera's `to_hf` writes this key: a config with it and no prompt_format is a tiny model's.
+_TESSERA_MARKER = "head_num_res_blocks"
+
+
+def _vq_grid(vq: dict[str, Any]) -> int | None:
+    """Patches per image from the VQGAN geometry: (resolution / 2^(levels-1))^2, or None if not given."""
+    res, mult = vq.get("resolution"), vq.get("channel_multiplier")
+    if res is None or not mult:
+        return None
+    side = int(res) // 2 ** (len(mult) - 1)
+    return side * side
 
 
 @dataclass(slots=True)
@@ -52,6 +111,7 @@ class OrthusConfig:
     head_width: int = 1536  # diffloss_w
     head_num_res_blocks: int = 3
     latent_scale: float = 0.1  # head works on VQ features x 0.1; output is divided by it
+    prompt_format: str = "original"  # see the module docstring
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -76,6 +136,8 @@ class OrthusConfig:
                 raise ValueError(f"{name} {tok} outside vocab {self.vocab_size}")
         if len(set(specials.values())) != len(specials):
             raise ValueError(f"special token ids must be distinct, got {specials}")
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise ValueError(f"prompt_format must be one of {PROMPT_FORMATS}, got {self.prompt_format!r}")
 
     @property
     def qkv_bias(self) -> bool:
@@ -91,17 +153,17 @@ class OrthusConfig:
     def from_hf(cls, d: dict[str, Any]) -> OrthusConfig:
         if str(d.get("model_type", "chameleon")).lower() != "chameleon":
             raise ValueError(f"expected model_type 'chameleon', got {d.get('model_type')!r}")
-        # Refuse variants whose math we do not implement rather than load them silently wrong.
-        if d.get("swin_norm"):
-            raise ValueError("swin_norm=True (Chameleon-30B layer order) is not supported")
-        if d.get("attention_bias") or d.get("mlp_bias"):
-            raise ValueError("attention_bias / mlp_bias are not supported (Chameleon-7B has none)")
-        if d.get("hidden_act", "silu") != "silu":
-            raise ValueError(f"hidden_act must be silu, got {d.get('hidden_act')!r}")
+        check_config("Orthus config.json", d, _KNOWN | _CARRIED, _MATHS, _HARMLESS)
         rope = d.get("rope_parameters") or {}
-        if d.get("rope_scaling") or rope.get("rope_type", "default") != "default":
-            raise ValueError("rope scaling is not supported")
         vq = d.get("vq_config") or {}
+        check_config("Orthus config.json vq_config", vq, _VQ_KNOWN, {}, _VQ_HARMLESS)
+        grid = _vq_grid(vq)
+        seq = d.get("image_seq_length")
+        if seq is not None and grid is not None and seq != grid:
+            raise ValueError(f"Orthus config.json: config key 'image_seq_length' = {seq!r} is not implemented: "
+                             f"vq_config (resolution {vq['resolution']}, channel_multiplier "
+                             f"{vq['channel_multiplier']}) gives {grid} patches")
+        fmt = d.get("prompt_format") or ("tessera" if _TESSERA_MARKER in d else "original")
         vmap = d.get("vocabulary_map") or {}
         defaults = cls()
 
@@ -130,11 +192,12 @@ class OrthusConfig:
             # Older Chameleon forks spell the VQ codebook size `n_embed`.
             codebook_size=vq.get("num_embeddings", vq.get("n_embed", defaults.codebook_size)),
             latent_dim=vq.get("embed_dim", defaults.latent_dim),
-            image_seq_length=d.get("image_seq_length", defaults.image_seq_length),
+            image_seq_length=seq if seq is not None else grid or defaults.image_seq_length,
             head_width=d.get("diffloss_w", defaults.head_width),
             head_num_res_blocks=d.get("head_num_res_blocks", defaults.head_num_res_blocks),
             latent_scale=d.get("latent_scale", defaults.latent_scale),
-            extra={k: v for k, v in d.items() if k not in _KNOWN},
+            prompt_format=fmt,
+            extra={k: v for k, v in d.items() if k not in _KNOWN | _WRITTEN},
         )
 
     def to_hf(self) -> dict[str, Any]:
@@ -158,6 +221,6 @@ class OrthusConfig:
             "eoi_token_id": self.eoi_token_id, "sep_token_id": self.sep_token_id,
             "image_token_offset": self.image_token_offset, "image_seq_length": self.image_seq_length,
             "diffloss_w": self.head_width, "head_num_res_blocks": self.head_num_res_blocks,
-            "latent_scale": self.latent_scale, "vq_config": vq,
+            "latent_scale": self.latent_scale, "vq_config": vq, "prompt_format": self.prompt_format,
         }
         return {**extra, **d}

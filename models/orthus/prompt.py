@@ -2,7 +2,11 @@
 
 Tokenisation stays outside the model: text arrives as ids. An image in a prompt expands to
 BOI + N x <image> + EOI (N = 1024 for 512x512) and every prompt ends with the separator token
-(brief §1.1 special tokens, §1.3 understanding prompt "<image>question").
+(brief §1.1 special tokens, §1.3 understanding prompt "<image>question"). The original's rows, by
+`OrthusConfig.prompt_format` "original" (the tiny checkpoints' "tessera" differs only where noted):
+    T2I           BOS prompt sep | BOI ...       guidance row: BOS "Generate an image." sep (tessera: BOS sep)
+    understanding BOS BOI <image>xN EOI question sep
+    editing       see `edit_rows` (no original script: one layout for both formats)
 """
 
 from __future__ import annotations
@@ -13,6 +17,15 @@ from dataclasses import dataclass
 import torch
 
 from models.orthus.config import OrthusConfig
+
+# Brief §1.2: inference/t2i_generation.py batches [user_prompt, "Generate an image."], the second
+# being the unconditional (CFG) row; each gets the separator.
+ORIGINAL_UNCOND_PROMPT = "Generate an image."
+
+
+def uncond_text(cfg: OrthusConfig) -> str:
+    """The text of the T2I guidance row: the original's, or empty for the tiny models (trained so)."""
+    return "" if cfg.prompt_format == "tessera" else ORIGINAL_UNCOND_PROMPT
 
 
 @dataclass(slots=True)

@@ -135,6 +135,7 @@ def make_config(tok: Tokenizer, vae: ImageTokenizer, r: NextStepRecipe) -> NextS
         eos_token_id=special_id(tok, EOS_TOKEN), pad_token_id=None, latent_channels=16, patch_size=2,
         fm_head_dim=r.head_width, fm_head_layers=r.head_layers, fm_head_batch_mul=r.fm_batch_mul,
         lm_loss_weight=r.lm_weight,
+        prompt_format="tessera",  # trained for three edit rows at any scale (models/nextstep/generate.py)
     )
 
 

@@ -137,6 +137,7 @@ def make_config(tok: Tokenizer, vae: ImageTokenizer, r: OrthusRecipe) -> OrthusC
         sep_token_id=special_id(tok, SEP_TOKEN), image_token_offset=text_vocab, codebook_size=r.codebook,
         latent_dim=vae.token_dim, image_seq_length=NUM_PATCHES, head_width=r.head_width,
         head_num_res_blocks=r.head_blocks, latent_scale=1.0,
+        prompt_format="tessera",  # trained with an empty T2I guidance row (models/orthus/prompt.py)
     )
 
 
