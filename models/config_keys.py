@@ -1,4 +1,5 @@
-"""Which `config.json` keys the LLaDA and Dream/Qwen2 loaders implement, and with which values.
+"""Which `config.json` keys the loaders implement, and with which values: LLaDA and Dream/Qwen2 here
+(`check_llada`, `check_qwen2`), Orthus and NextStep through `check_config` with their own tables.
 
 Every key of a real config falls in one of three groups:
 - a *maths* key (`LLADA_RULES`, `QWEN2_RULES`, and the special cases in `check_llada` / `check_qwen2`):
@@ -23,6 +24,7 @@ transformers' Qwen2 (q/k/v always with bias, `ACT2FN[hidden_act]`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,16 +96,16 @@ QWEN2_HARMLESS = frozenset({
 # Keys of every transformers config that do not change the forward pass: metadata, and the generation
 # defaults transformers 4 wrote with `to_dict()` (Tessera's sampling comes from the request).
 COMMON_HARMLESS = frozenset({
-    "_name_or_path", "architectures", "auto_map", "transformers_version", "torch_dtype", "dtype", "use_cache",
-    "chunk_size_feed_forward", "id2label", "label2id", "is_encoder_decoder", "is_decoder", "output_attentions",
-    "output_hidden_states", "problem_type", "return_dict", "torchscript", "use_bfloat16", "tf_legacy_loss",
-    "pruned_heads", "add_cross_attention", "cross_attention_hidden_size", "tie_encoder_decoder", "finetuning_task",
-    "tokenizer_class", "prefix", "task_specific_params", "sep_token_id", "decoder_start_token_id",
-    "max_length", "min_length", "do_sample", "early_stopping", "num_beams", "num_beam_groups", "diversity_penalty",
-    "temperature", "top_k", "top_p", "typical_p", "repetition_penalty", "length_penalty", "no_repeat_ngram_size",
-    "encoder_no_repeat_ngram_size", "bad_words_ids", "num_return_sequences", "output_scores",
-    "return_dict_in_generate", "forced_bos_token_id", "forced_eos_token_id", "remove_invalid_values",
-    "exponential_decay_length_penalty", "suppress_tokens", "begin_suppress_tokens",
+    "_name_or_path", "add_cross_attention", "architectures", "auto_map", "bad_words_ids", "begin_suppress_tokens",
+    "chunk_size_feed_forward", "cross_attention_hidden_size", "decoder_start_token_id", "diversity_penalty",
+    "do_sample", "dtype", "early_stopping", "encoder_no_repeat_ngram_size", "exponential_decay_length_penalty",
+    "finetuning_task", "forced_bos_token_id", "forced_eos_token_id", "id2label", "initializer_range", "is_decoder",
+    "is_encoder_decoder", "label2id", "length_penalty", "max_length", "min_length", "no_repeat_ngram_size",
+    "num_beam_groups", "num_beams", "num_return_sequences", "output_attentions", "output_hidden_states",
+    "output_scores", "prefix", "problem_type", "pruned_heads", "remove_invalid_values", "repetition_penalty",
+    "return_dict", "return_dict_in_generate", "sep_token_id", "suppress_tokens", "task_specific_params",
+    "temperature", "tf_legacy_loss", "tie_encoder_decoder", "tokenizer_class", "top_k", "top_p", "torch_dtype",
+    "torchscript", "transformers_version", "typical_p", "use_bfloat16", "use_cache",
 })
 
 
@@ -121,7 +123,7 @@ def _check_rules(family: str, d: dict[str, Any], rules: dict[str, Rule]) -> None
             raise _reject(family, key, value, rule.meaning, absent=key not in d)
 
 
-def _warn_unknown(family: str, d: dict[str, Any], *known: frozenset[str] | dict[str, Rule]) -> None:
+def _warn_unknown(family: str, d: Mapping[str, Any], *known: Iterable[str]) -> None:
     names = set(COMMON_HARMLESS).union(*known)
     unknown = sorted(k for k in d if k not in names)
     if unknown:
@@ -168,3 +170,41 @@ def check_qwen2(family: str, d: dict[str, Any]) -> None:
         if t != "full_attention":
             raise _reject(family, "layer_types", d["layer_types"], "full_attention in every layer")
     _warn_unknown(family, d, QWEN2_RULES, QWEN2_FIELDS, QWEN2_HARMLESS)
+
+
+# ---- Orthus and NextStep: the same policy, as per-key predicates (models/orthus/config.py, nextstep/config.py)
+
+@dataclass(frozen=True, slots=True)
+class Accept:
+    """The values of one maths-changing key that we implement. `values`: the accepted values (compared
+    with ==; a key set to null counts as absent); or `test`, a predicate, with `means` saying what it accepts."""
+
+    values: tuple[Any, ...] = ()
+    test: Callable[[Any], bool] | None = None
+    means: str = ""
+
+    def ok(self, v: Any) -> bool:
+        if v is None:
+            return True
+        if self.test is not None:
+            return self.test(v)
+        return any(v == a and type(v) is type(a) for a in self.values) or (
+            # JSON has one number type: 1.0 for 1 is the same setting
+            not isinstance(v, bool) and isinstance(v, int | float) and any(
+                not isinstance(a, bool) and isinstance(a, int | float) and v == a for a in self.values))
+
+    def describe(self) -> str:
+        return self.means or " or ".join(repr(a) for a in self.values)
+
+
+def check_config(where: str, d: Mapping[str, Any], consumed: Iterable[str], maths: Mapping[str, Accept],
+                 harmless: Iterable[str]) -> dict[str, Any]:
+    """Raise ValueError for the first maths key whose value is not implemented, warn of unknown keys (the
+    policy above); return what goes to `extra`: every key not consumed into the config's fields."""
+    consumed, harmless = set(consumed), set(harmless)
+    for k, v in d.items():
+        if k not in consumed and k in maths and not maths[k].ok(v):
+            raise ValueError(f"{where}: config key {k!r} = {v!r} is not implemented "
+                             f"(implemented: {maths[k].describe()})")
+    _warn_unknown(where, d, consumed, maths, harmless)
+    return {k: v for k, v in d.items() if k not in consumed}

@@ -7,7 +7,7 @@ NextStep-1.1 `config.json` (`genloss_width`, `genloss_depth`, `num_channels`, `p
 `fm_head_layers`, `latent_channels`, `latent_patch_size`, `im_loss_weight`). `from_hf` reads
 both; `to_hf` writes the 1.1 spelling.
 
-Reading is strict (`models.config_check`): `_MATHS` lists the keys that change the maths with the
+Reading is strict (`models.config_keys`): `_MATHS` lists the keys that change the maths with the
 values implemented here, `_HARMLESS` the keys that do not; any other key, or a maths key at another
 value, raises ValueError naming the key and the value. Maths and harmless keys we do not model are
 kept in `extra` and written back. Defaults follow the original `NextStepConfig(LlamaConfig)`: an
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from models.config import ModelConfig
-from models.config_check import GENERIC_HF_KEYS, Accept, check_config
+from models.config_keys import COMMON_HARMLESS, Accept, check_config
 
 # The VAE is Flux's f8 autoencoder (ch_mult [1,2,4,4]); no config key carries this.
 VAE_DOWNSAMPLE = 8
@@ -76,7 +76,7 @@ _MATHS: dict[str, Accept] = {
 }
 # Keys that do not change what we run: dropout (inference), sliding-window sizes (read only with
 # use_sliding_window), the VAE's location, the base grid of the unused 2D position embedding.
-_HARMLESS = GENERIC_HF_KEYS | {"attention_dropout", "sliding_window", "max_window_layers", "vae_name_or_path",
+_HARMLESS = COMMON_HARMLESS | {"attention_dropout", "sliding_window", "max_window_layers", "vae_name_or_path",
                                "image_size"}
 PROMPT_FORMATS = ("original", "tessera")
 _TESSERA_MARKER = "image_area_id"  # only Tessera's to_hf writes it

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -57,12 +58,18 @@ def test_original_bias_defaults() -> None:
     ("rope_parameters", {"rope_type": "llama3"}), ("use_sliding_window", True),
     ("layer_types", ["sliding_attention"] * 48), ("pretraining_tp", 2), ("use_gen_pos_embed", True),
     ("use_2d_rope", True), ("genloss_type", "diffusion"), ("head_dim", 64), ("o_attention_bias", True),
-    ("prompt_format", "chatml"), ("some_new_switch", 1),
+    ("prompt_format", "chatml"),
 ])
 def test_unimplemented_values_are_rejected(key: str, value: Any) -> None:
     with pytest.raises(ValueError) as err:
         NextStepConfig.from_hf({**NEXTSTEP_1_LARGE, key: value})
     assert key in str(err.value) and repr(value) in str(err.value)
+
+
+def test_unknown_keys_warn_and_travel(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="models.config_keys"):
+        cfg = NextStepConfig.from_hf({**NEXTSTEP_1_LARGE, "some_new_switch": 1})
+    assert "some_new_switch" in caplog.text and cfg.to_hf()["some_new_switch"] == 1
 
 
 # ---- prompt formats ------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ vocab/hidden/intermediate sizes, layer/head counts, `rms_norm_eps`, `rope_theta`
 transformers) or `rope_parameters` (transformers >= 5), `vq_config`, `vocabulary_map`. Orthus adds
 the diffusion head width `diffloss_w` (and `diffloss_d`, accepted but unused by the original).
 
-Reading is strict (`models.config_check`): `_MATHS` lists the keys that change the maths with the
+Reading is strict (`models.config_keys`): `_MATHS` lists the keys that change the maths with the
 values implemented here, `_HARMLESS` the keys that do not change what we run; any other key, or a
 maths key at another value, raises ValueError naming the key and the value.
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from models.config_check import GENERIC_HF_KEYS, Accept, check_config
+from models.config_keys import COMMON_HARMLESS, Accept, check_config
 
 # Keys this class reads (their values are validated in __post_init__), and the maths keys `to_hf`
 # writes at their one implemented value: neither kind is kept in `extra`.
@@ -58,12 +58,12 @@ _MATHS: dict[str, Accept] = {
 }
 # Keys that do not change what we run: dropout (inference), training-only head settings, and
 # `diffloss_d`, which the original accepts and never uses (brief §1.1).
-_HARMLESS = GENERIC_HF_KEYS | {"attention_dropout", "diffloss_d", "diffusion_batch_mul"}
+_HARMLESS = COMMON_HARMLESS | {"attention_dropout", "diffloss_d", "diffusion_batch_mul"}
 # vq_config describes Chameleon's VQGAN, which Tessera carries (`model.vqmodel.*`) but does not run
 # (the image parts come from the checkpoint's vae/ directory). What it changes here: the codebook
 # size and feature width (read), and the token grid, checked against image_seq_length.
 _VQ_KNOWN = {"embed_dim", "num_embeddings", "n_embed", "resolution", "channel_multiplier"}
-_VQ_HARMLESS = GENERIC_HF_KEYS | {
+_VQ_HARMLESS = COMMON_HARMLESS | {
     "model_type", "base_channels", "num_res_blocks", "attn_resolutions", "attn_type", "latent_channels",
     "in_channels", "out_channels", "double_latent", "dropout", "z_channels",
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,6 @@ def test_tiny_checkpoint_keeps_its_format() -> None:
     ("swin_norm", True), ("attention_bias", True), ("mlp_bias", True), ("hidden_act", "gelu"),
     ("rope_scaling", {"rope_type": "linear", "factor": 2.0}), ("rope_parameters", {"rope_type": "yarn"}),
     ("qk_layernorm", False), ("model_parallel_size", 4), ("prompt_format", "chatml"),
-    ("some_new_switch", True),
 ])
 def test_unimplemented_values_are_rejected(key: str, value: Any) -> None:
     with pytest.raises(ValueError) as err:
@@ -74,13 +74,19 @@ def test_unimplemented_values_are_rejected(key: str, value: Any) -> None:
     assert key in str(err.value) and repr(value) in str(err.value)
 
 
-@pytest.mark.parametrize(("key", "value"), [("z_channels_new", 4), ("image_seq_length", 1000)])
-def test_vq_config_is_checked(key: str, value: Any) -> None:
-    d = {**ORTHUS_7B, "vq_config": {**ORTHUS_7B["vq_config"], key: value}} if key != "image_seq_length" \
-        else {**ORTHUS_7B, key: value}
+def test_image_seq_length_is_checked_against_the_vq_grid() -> None:
     with pytest.raises(ValueError) as err:
-        OrthusConfig.from_hf(d)
-    assert key in str(err.value) and repr(value) in str(err.value)
+        OrthusConfig.from_hf({**ORTHUS_7B, "image_seq_length": 1000})
+    assert "image_seq_length" in str(err.value) and "1000" in str(err.value)
+
+
+def test_unknown_keys_warn_and_travel(caplog: pytest.LogCaptureFixture) -> None:
+    """One policy for every family (models.config_keys): an unknown key is kept and written back, with a warning."""
+    d = {**ORTHUS_7B, "some_new_switch": True, "vq_config": {**ORTHUS_7B["vq_config"], "z_channels_new": 4}}
+    with caplog.at_level(logging.WARNING, logger="models.config_keys"):
+        cfg = OrthusConfig.from_hf(d)
+    assert "some_new_switch" in caplog.text and "z_channels_new" in caplog.text
+    assert cfg.to_hf()["some_new_switch"] is True
 
 
 # ---- prompt formats ------------------------------------------------------------------------------
