@@ -30,7 +30,7 @@ from tests.k8s.validate import validate_builtin, validate_custom
 
 HELM = Path(sys.executable).with_name("helm")
 CHART = REPO_ROOT / "helm/tessera"
-# Problems of the embedded model's world (3 to 8 changes; docs/models.md), with their answers 10 and 17.
+# Problems of the embedded model's world (3 to 8 changes; docs/training.md), with their answers 10 and 17.
 TOM = "Tom has 5 apples. He buys 3 more. He finds 4 more. He sells 2. How many apples does Tom have now?"
 MIA = ("Mia has 12 shells. She finds 7 more. She gives 3. She buys 5 more. She loses 4. "
        "How many shells does Mia have now?")
