@@ -49,7 +49,7 @@ PROMPT_MODES: tuple[str, ...] = get_args(PromptMode)
 SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
 
-def _token_text(value: Any) -> str | None:
+def token_text(value: Any) -> str | None:
     """A special token as tokenizer configs write it: a string, or the AddedToken form {"content": ...}."""
     if isinstance(value, dict):
         value = value.get("content")
@@ -91,7 +91,7 @@ class PromptFormat:
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> PromptFormat:
         add_bos = cfg.get("add_bos_token")
-        specials = {name: text for name in SPECIAL_TOKEN_NAMES if (text := _token_text(cfg.get(name))) is not None}
+        specials = {name: text for name in SPECIAL_TOKEN_NAMES if (text := token_text(cfg.get(name))) is not None}
         return cls(chat_template=_pick_chat_template(cfg.get("chat_template")),
                    prompt_template=cfg.get("prompt_template"),
                    add_bos_token=add_bos if isinstance(add_bos, bool) else None, special_tokens=specials)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from models.images.base import ImageJob, PatchHook, generators, round_up
-from models.images.parts import ContextEncoder, ImageParts, adopt, load_parts, special_id, tokenizer_config
+from models.images.parts import ContextEncoder, ImageParts, adopt, load_parts, special_id
 from models.orthus.checkpoint import load_orthus
 from models.orthus.config import OrthusConfig
 from models.orthus.generate import TokenHook
@@ -23,6 +23,7 @@ from models.orthus.head import CFG, make_scheduler
 from models.orthus.model import Orthus
 from models.orthus.prompt import Prompt, build_prompt, edit_rows, uncond_text
 from models.orthus.vision import from_head_space
+from models.prompting import load_tokenizer_config
 from models.tokenizer import TextCodec, TextTokenizer
 
 
@@ -119,7 +120,7 @@ def prompt_specials(model: Orthus, parts: ImageParts, model_dir: Path) -> Contex
     if not isinstance(tok, TextTokenizer):
         return None
     adopt(cfg, "bos_token_id", special_id(model_dir, tok, "bos_token"), model_dir)
-    if tokenizer_config(model_dir).get("add_bos_token") is False:
+    if load_tokenizer_config(model_dir).get("add_bos_token") is False:
         cfg.bos_token_id = None
     sep = special_id(model_dir, tok, "sep_token")
     if sep is not None:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from models.nextstep.vae import ImageTokenizer, from_uint8, to_uint8
+from models.prompting import load_tokenizer_config, token_text
 from models.tokenizer import TextCodec, TextTokenizer
 
 log = logging.getLogger(__name__)
@@ -108,25 +109,19 @@ class ContextEncoder:
         return ids[1:]
 
 
-def tokenizer_config(model_dir: Path) -> dict[str, Any]:
-    path = model_dir / "tokenizer_config.json"
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
 _UNSET = object()
 
 
 def special_id(model_dir: Path, tok: TextTokenizer, key: str) -> Any:
     """The id of tokenizer_config.json's `key` ("bos_token", "sep_token"; a string or an AddedToken
     dict), None when the key is null, `_UNSET` when the key is absent."""
-    cfg = tokenizer_config(model_dir)
+    cfg = load_tokenizer_config(model_dir)
     if key not in cfg:
         return _UNSET
-    v = cfg[key]
-    if v is None:
+    content = token_text(cfg[key])
+    if content is None:
         return None
-    content = v.get("content") if isinstance(v, dict) else v
-    tid = tok.token_id(str(content))
+    tid = tok.token_id(content)
     if tid is None:
         raise ValueError(f"{model_dir / 'tokenizer_config.json'}: {key} {content!r} is not in tokenizer.json")
     return tid
