@@ -75,17 +75,10 @@ class LocalTextEngine:
         """Positions the prompt takes once formatted (as is when raw_prompt), as GenerateText counts them."""
         assert self.engine is not None, "start() first"
         check_model_name(request.model, self.cfg)
-        if not request.raw_prompt:
-            try:
-                return CountTokensResponse(prompt_tokens=len(self.engine.encode_prompt(request.prompt)))
-            except ValueError as e:
-                raise InvalidRequestError(str(e)) from e
-        # A raw prompt is the bare tokenizer's ids (no template, no BOS): what describe() also takes
-        # as a prompt's own tokens when it measures the format's overhead.
-        n = len(self.engine.tokenizer.encode(request.prompt))
-        if not n:
-            raise InvalidRequestError("prompt encodes to no tokens")
-        return CountTokensResponse(prompt_tokens=n)
+        try:  # the engine's own encoding, raw (no template, no BOS) or formatted, as GenerateText uses it
+            return CountTokensResponse(prompt_tokens=len(self.engine.encode_prompt(request.prompt, request.raw_prompt)))
+        except ValueError as e:
+            raise InvalidRequestError(str(e)) from e
 
     async def check_health(self) -> None:
         if self.engine is None:
