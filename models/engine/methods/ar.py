@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import torch
 
-from models.decoders import FinishReason
-from models.engine.methods.base import Window
+from models.engine.methods.base import SeqState, Window
 
 NEVER = 2.0  # no confidence is above it: AR commits its one sample whatever its confidence
 
 
-class ARSeq:
+class ARSeq(SeqState):
     threshold = NEVER
 
     def __init__(self, prompt: list[int], max_tokens: int, eos_id: int | None) -> None:
@@ -43,6 +42,3 @@ class ARSeq:
             self._finish("length")
         self.last = t
         return [t]
-
-    def _finish(self, reason: FinishReason) -> None:
-        self.finished, self.finish_reason = True, reason

@@ -51,6 +51,35 @@ class SeqDecoder(Protocol):
         ...
 
 
+class SeqState:
+    """What every method's state shares: finishing."""
+
+    finished: bool
+    finish_reason: FinishReason | None
+
+    def _finish(self, reason: FinishReason) -> None:
+        self.finished, self.finish_reason = True, reason
+
+
+class DiffusionSeqState(SeqState):
+    """A diffusion state over `x` (prompt then generation, MASK where undecided): emitting the
+    generation's newly final prefix, and finishing at EOS."""
+
+    x: list[int]
+    p: int  # prompt length
+    emitted: int  # generated tokens already final
+    mask_id: int
+    eos_id: int | None
+
+    def _take(self, end: int) -> list[int]:
+        """The newly final prefix of the generation in x[:end]."""
+        new, stopped = final_prefix(self.x, self.p + self.emitted, end, self.mask_id, self.eos_id)
+        if stopped:
+            self._finish("stop")
+        self.emitted += len(new)
+        return new
+
+
 def final_prefix(x: list[int], start: int, end: int, mask_id: int, eos_id: int | None) -> tuple[list[int], bool]:
     """The tokens of x[start:end] before its first MASK (final: diffusion decoding never revises a
     committed token), cut at the first EOS; and whether that EOS ended the generation

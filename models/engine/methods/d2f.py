@@ -14,9 +14,9 @@ from itertools import pairwise
 
 import torch
 
-from models.decoders import D2FConfig, FinishReason
+from models.decoders import D2FConfig
 from models.decoders.d2f import Block, State
-from models.engine.methods.base import Window, argmax, final_prefix
+from models.engine.methods.base import DiffusionSeqState, Window, argmax
 
 
 @dataclass(slots=True)
@@ -27,7 +27,7 @@ class Lean:
     max_active: int = 0  # at most this many blocks in flight (0 = no limit)
 
 
-class D2FSeq:
+class D2FSeq(DiffusionSeqState):
     def __init__(self, prompt: list[int], max_tokens: int, cfg: D2FConfig, mask_id: int, eos_id: int | None,
                  shift: bool) -> None:
         self.cfg, self.mask_id, self.eos_id, self.shift = cfg, mask_id, eos_id, shift
@@ -112,15 +112,5 @@ class D2FSeq:
             if b.state is State.ACTIVE and b.masked == 0 and done_before:
                 b.state = State.TO_CACHE
             done_before = done_before and b.state is not State.ACTIVE
-        return self._take()
+        return self._take(self.length)
 
-    def _take(self) -> list[int]:
-        """The newly final prefix of the generation."""
-        new, stopped = final_prefix(self.x, self.p + self.emitted, self.length, self.mask_id, self.eos_id)
-        if stopped:
-            self._finish("stop")
-        self.emitted += len(new)
-        return new
-
-    def _finish(self, reason: FinishReason) -> None:
-        self.finished, self.finish_reason = True, reason

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import torch
 
-from models.decoders import FastDLLMConfig, FinishReason
-from models.engine.methods.base import BIDIRECTIONAL, Window, argmax, final_prefix
+from models.decoders import FastDLLMConfig
+from models.engine.methods.base import BIDIRECTIONAL, DiffusionSeqState, Window, argmax
 
 
-class FastDLLMSeq:
+class FastDLLMSeq(DiffusionSeqState):
     def __init__(self, prompt: list[int], max_tokens: int, cfg: FastDLLMConfig, mask_id: int, eos_id: int | None,
                  shift: bool) -> None:
         self.cfg, self.mask_id, self.eos_id, self.shift = cfg, mask_id, eos_id, shift
@@ -61,11 +61,4 @@ class FastDLLMSeq:
         chosen = [i for i in range(len(tokens)) if over[i]] or [argmax(conf)]
         for i in chosen:
             self.x[self._masked[i]] = tokens[i]
-        new, stopped = final_prefix(self.x, self.p + self.emitted, self.total, self.mask_id, self.eos_id)
-        if stopped:
-            self._finish("stop")
-        self.emitted += len(new)
-        return new
-
-    def _finish(self, reason: FinishReason) -> None:
-        self.finished, self.finish_reason = True, reason
+        return self._take(self.total)
