@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from lab.bench.steps import StepSample, record_steps, summarize
 from lab.bench.text import CKPT, fresh_problems, teacher_of
 from lab.worlds import arith
 from models.engine import AdaptivePolicy, EngineConfig, TextEngine, TextRequest
@@ -70,6 +71,9 @@ class Row:
     kv_bytes_per_seq: float  # mean peak KV pool bytes one sequence held
     roofline_tps: float
     roofline_fraction: float
+    # Steady-state steps of exactly `concurrency` one-token decodes in this cell against those of the
+    # concurrency-1 cell, round by round (lab.bench.steps): the most batching can gain here. AR only.
+    step_ceiling: float | None = None
 
 
 @dataclass(slots=True)
@@ -188,12 +192,16 @@ def run(levels: list[int], problems: int, seed: int, chosen: list[str], ckpt: Pa
     cells: dict[tuple[str, int], list[Any]] = {}
     refs: dict[str, list[float]] = {}
     order = list(engines)
+    logs = {n: record_steps(e) for n, e in engines.items()}
+    steps: dict[str, list[dict[int, list[StepSample]]]] = {n: [{} for _ in range(rounds)] for n in engines}
     for r in range(rounds):
         part = probs[r::rounds]
         for i, c in enumerate(levels):
             k = (i + r) % len(order)
             for name in order[k:] + order[:k]:  # rotate who goes first
+                n0 = len(logs[name])
                 results, wall, forwarded = run_level(engines[name], part, c, max_tokens, f"{name}-c{c}-r{r}")
+                steps[name][r][c] = logs[name][n0:]
                 cell = cells.setdefault((name, c), [[], 0.0, 0])
                 cell[0] += results
                 cell[1] += wall
@@ -203,6 +211,10 @@ def run(levels: list[int], problems: int, seed: int, chosen: list[str], ckpt: Pa
                     refs.setdefault(name, []).append(ref)
     rows = [_row(name, c, *cells[name, c], cost_us, engines[name].kv_bytes_per_token)
             for c in levels for name in order]
+    if 1 in levels:
+        ceilings = {(n, x.batch): x.ceiling for n in order for x in summarize(steps[n])}
+        for row in rows:
+            row.step_ceiling = ceilings.get((row.method, row.concurrency))
     for e in engines.values():
         e.close()
     return {"rows": [asdict(r) for r in rows],
@@ -254,7 +266,10 @@ def print_table(result: dict[str, Any]) -> None:
     base = {r["method"]: r["aggregate_tps"] for r in rows if r["concurrency"] == min(x["concurrency"] for x in rows)}
     for r in rows:
         if r["concurrency"] != min(x["concurrency"] for x in rows) and base.get(r["method"]):
-            print(f"{r['method']} at {r['concurrency']}: {r['aggregate_tps'] / base[r['method']]:.2f}x its batch-1 TPS")
+            ceiling = r.get("step_ceiling")
+            note = f" (steady decode-step ceiling {ceiling:.2f}x)" if ceiling else ""
+            gain = r["aggregate_tps"] / base[r["method"]]
+            print(f"{r['method']} at {r['concurrency']}: {gain:.2f}x its batch-1 TPS{note}")
     c = crossover(rows)
     print(f"batched AR passes batched D2F at concurrency: {c if c is not None else 'not within the levels run'}")
     for name, tps in result.get("single_sequence_decoder_tps", {}).items():

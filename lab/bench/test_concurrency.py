@@ -27,6 +27,9 @@ def test_cli_json_shape_on_a_tiny_run(tmp_path: Path) -> None:
         assert r["aggregate_tps"] > 0 and 0 < r["roofline_fraction"] < 1.5 and 0 <= r["score"] <= 1
         assert r["ttfc_p50_s"] <= r["ttfc_p99_s"] and r["kv_bytes_per_seq"] > 0
     assert result["roofline"]["forward_us_per_token"] > 0 and result["machine"]["threads"] == 1
+    ceilings = {(r["method"], r["concurrency"]): r["step_ceiling"] for r in rows}
+    assert ceilings["ar", 1] == 1.0 and ceilings["ar", 2] > 0  # AR's one-token decode steps, paired by round
+    assert ceilings["d2f", 2] is None  # a D2F window is never one token: no clean decode step to pair
     assert plot.stat().st_size > 1000
 
 
