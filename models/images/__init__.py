@@ -27,9 +27,9 @@ from __future__ import annotations
 
 from models.images.base import ImageBackend, ImageJob, PatchHook
 from models.images.load import load_backend
-from models.images.nextstep import NextStepBackend
+from models.images.nextstep import NextStepBackend, NextStepSampling
 from models.images.orthus import OrthusBackend
 from models.images.parts import ImageParts, TextCodec, load_parts, native_resolution
 
-__all__ = ["ImageBackend", "ImageJob", "ImageParts", "NextStepBackend", "OrthusBackend", "PatchHook", "TextCodec",
-           "load_backend", "load_parts", "native_resolution"]
+__all__ = ["ImageBackend", "ImageJob", "ImageParts", "NextStepBackend", "NextStepSampling", "OrthusBackend",
+           "PatchHook", "TextCodec", "load_backend", "load_parts", "native_resolution"]

@@ -10,7 +10,9 @@ The tiny checkpoints ("tessera") keep the layout they were trained on.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,28 +31,54 @@ from models.tokenizer import TextTokenizer
 IMAGE_AREA_TOKEN = "<|image_area|>"  # DEFAULT_IMAGE_AREA_TOKEN of the original pipelines
 
 
-def generation_config(guidance_scale: float, image_guidance_scale: float, steps: int,
-                      original_rows: bool = False) -> GenerationConfig:
-    # The tiny models were trained with an empty negative prompt (lab/training/images/nextstep.py);
-    # the original pipelines' default is empty too (`negative_prompt or ""`, brief §2.2).
-    return GenerationConfig(cfg_scale=guidance_scale, cfg_img_scale=image_guidance_scale or 1.0, steps=steps,
-                            negative_prompt="", original_rows=original_rows)
+@dataclass(slots=True)
+class NextStepSampling:
+    """NextStep's prompt text and sampler settings beyond a request's scales and steps: the original
+    pipelines' `generate_image` arguments (brief §2.2). The defaults are how the embedded tiny model was
+    trained and is evaluated (no positive or negative text, shift 1, token LayerNorm on) and the
+    originals' defaults too; NextStep-1's README example uses positive "masterpiece, film grained, best
+    quality." with a long negative list, and its editing example negative "Copy original image." with
+    shift 3.2."""
+
+    positive_prompt: str = ""  # appended to every caption and instruction after a space
+    negative_prompt: str = ""  # the unconditional row of text-to-image
+    edit_negative_prompt: str = ""  # the negative rows of editing (one argument in the original, per call)
+    shift: float = 1.0  # the flow-matching timesteps shift, text-to-image
+    edit_shift: float = 1.0  # ... editing
+    use_norm: bool = True  # LayerNorm each sampled token before it is fed back and decoded
+
+    def __post_init__(self) -> None:
+        for name in ("shift", "edit_shift"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and 0.0 < v <= 100.0):
+                raise ValueError(f"{name} must be in (0, 100], got {v}")
+
+    def generation(self, kind: str, guidance_scale: float, image_guidance_scale: float, steps: int,
+                   original_rows: bool = False) -> GenerationConfig:
+        """The sampler's config for one job kind ("t2i" or "edit")."""
+        edit = kind == "edit"
+        return GenerationConfig(cfg_scale=guidance_scale, cfg_img_scale=image_guidance_scale or 1.0, steps=steps,
+                                shift=self.edit_shift if edit else self.shift, use_norm=self.use_norm,
+                                positive_prompt=self.positive_prompt,
+                                negative_prompt=self.edit_negative_prompt if edit else self.negative_prompt,
+                                original_rows=original_rows)
 
 
 class NextStepBackend:
     name = "nextstep"
 
     def __init__(self, model: NextStep, parts: ImageParts, pad_bucket: int = 32,
-                 context: ContextEncoder | None = None) -> None:
+                 context: ContextEncoder | None = None, sampling: NextStepSampling | None = None) -> None:
         self.model, self.parts, self.pad_bucket = model, parts, pad_bucket
         self.context = context  # the "original" format's in-context encoder
+        self.sampling = sampling or NextStepSampling()
 
     @classmethod
     def load(cls, model_dir: Path, resolution: int = 0, device: str = "cpu", dtype: torch.dtype = torch.float32,
-             pad_bucket: int = 32) -> NextStepBackend:
+             pad_bucket: int = 32, sampling: NextStepSampling | None = None) -> NextStepBackend:
         parts = load_parts(model_dir, resolution, device, dtype)
         model = load_nextstep(model_dir, dtype=dtype, device=device)
-        return cls(model, parts, pad_bucket, prompt_specials(model, parts, model_dir))
+        return cls(model, parts, pad_bucket, prompt_specials(model, parts, model_dir), sampling)
 
     @property
     def original(self) -> bool:
@@ -61,7 +89,8 @@ class NextStepBackend:
         return self.context if self.context is not None else self.parts.tokenizer.encode
 
     def _gen(self, job: ImageJob) -> GenerationConfig:
-        return generation_config(job.guidance_scale, job.image_guidance_scale, job.steps, self.original)
+        return self.sampling.generation(job.kind, job.guidance_scale, job.image_guidance_scale, job.steps,
+                                        self.original)
 
     def padded_length(self, job: ImageJob) -> int:
         m, enc, grid, gen = self.model, self.encode, self.parts.grid, self._gen(job)
@@ -86,7 +115,8 @@ class NextStepBackend:
                    guidance_scale: float) -> torch.Tensor:
         """Token k [C] after the caption and tokens [k, C] (`ImageBackend.next_token`); cond and uncond
         rows padded to the longer, without the KV cache."""
-        m, c, gen = self.model, self.model.config, generation_config(guidance_scale, 0.0, steps, self.original)
+        m, c, gen = self.model, self.model.config, self.sampling.generation("t2i", guidance_scale, 0.0, steps,
+                                                                            self.original)
         rows = [r + [c.image_placeholder_id] * len(context)
                 for r in t2i_rows(m, self.encode, [text], self.parts.grid, gen)]
         ids, valid = left_pad(rows, c.pad_id)
@@ -95,7 +125,7 @@ class NextStepBackend:
         h = m(ids.to(dev), None if feats is None else feats.to(dev), mask=causal_mask(valid.to(dev)))[:, -1]
         tok = sample_token(m.image_head, m.condition(h), 1, cfg_scale=gen.cfg_scale, steps=gen.steps,
                            shift=gen.shift, generator=generator, token_dim=c.token_dim)
-        return token_layer_norm(tok)[0]
+        return (token_layer_norm(tok) if gen.use_norm else tok)[0]
 
 
 def prompt_specials(model: NextStep, parts: ImageParts, model_dir: Path) -> ContextEncoder | None:

@@ -79,6 +79,13 @@ def _set(path: str, value: Any) -> Mutation:
     (_set("applications/0/import_path", "services.workers.builders:build_txt_app"), "cannot import"),
     (_set("grpc_options/grpc_servicer_functions", []), "the text app needs"),
     (_set("applications/0/args/model/max_tokens_limit", 0), "max_tokens_limit must be >= 1"),
+    (_set("applications/1/args/model/nextstep", {"negtive_prompt": "blurry"}),
+     "applications[1].args.model.nextstep.negtive_prompt: unknown key"),
+    (_set("applications/1/args/model/nextstep", {"edit_shift": 0}),
+     "applications[1].args.model.nextstep: edit_shift must be in (0, 100]"),
+    (_set("applications/1/args/model", {"backend": "orthus", "name": "o", "model_dir": "checkpoints/shapes-orthus",
+                                        "nextstep": {"negative_prompt": "blurry"}}),
+     "model.nextstep applies to backend nextstep only"),
 ])
 def test_bad_configs_are_refused_with_the_key_path(mutation: Mutation, message: str) -> None:
     data = copy.deepcopy(serve_config.read())

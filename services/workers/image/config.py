@@ -4,14 +4,23 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, field
 
 from pydantic import Field
 
+from models.images import NextStepSampling
 from services.workers.batching import BatchingConfig
-from services.workers.config import AppArgs, ModelSection, check_resolution
+from services.workers.config import STRICT, AppArgs, ModelSection, check_resolution
 
 BACKENDS = ("orthus", "nextstep")
+
+
+@dataclass(slots=True)
+class NextStepSection(NextStepSampling):
+    """`model.nextstep`: NextStep's prompt text and sampler (models.images.NextStepSampling documents
+    each key); unknown keys are errors. Only with `backend: nextstep`."""
+
+    __pydantic_config__ = STRICT
 
 
 @dataclass(slots=True)
@@ -30,11 +39,14 @@ class ImageModelConfig(ModelSection):
     # share a batch, so an image does not depend on its batch mates (models/images). Larger: fewer
     # batches split by prompt length, more pad tokens per row; 1: only equal lengths batch together.
     pad_bucket: int = 32
+    nextstep: NextStepSection = field(default_factory=NextStepSection)
 
     def __post_init__(self) -> None:
         ModelSection.__post_init__(self)
         if self.backend not in BACKENDS:
             raise ValueError(f"model.backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.backend != "nextstep" and astuple(self.nextstep) != astuple(NextStepSection()):
+            raise ValueError(f"model.nextstep applies to backend nextstep only (backend is {self.backend!r})")
         check_resolution(self.resolution)
         if not 1 <= self.steps <= self.max_steps:
             raise ValueError(f"model.steps must be in [1, max_steps={self.max_steps}], got {self.steps}")

@@ -56,7 +56,8 @@ class ImageEngine:
         m = self.cfg.model
         prepare_replica(m)
         self.backend, self.parts = await asyncio.to_thread(
-            load_backend, m.backend, m.path, m.resolution, m.device, getattr(torch, m.dtype), m.pad_bucket)
+            load_backend, m.backend, m.path, m.resolution, m.device, getattr(torch, m.dtype), m.pad_bucket,
+            m.nextstep if m.backend == "nextstep" else None)
 
     @functools.cached_property
     def resolution(self) -> int:
