@@ -1,4 +1,4 @@
-"""The chaos benchmark's accounting (loadtest/chaos.py runs the load and the faults): one record per
+"""The chaos benchmark's accounting (loadtest/chaos_driver.py runs the load and the faults): one record per
 SDK call, the verdict on each (done, error CODE, not acknowledged, lost, duplicated), the per-phase
 summary and the table. Pure functions of the records, so tests check them without a stack."""
 
