@@ -23,6 +23,7 @@ from models.orthus.head import CFG, make_scheduler
 from models.orthus.model import Orthus
 from models.orthus.prompt import Prompt, build_prompt, edit_rows, uncond_text
 from models.orthus.vision import from_head_space
+from models.orthus.vqgan import load_vq_tokenizer
 from models.prompting import load_tokenizer_config
 from models.tokenizer import TextCodec, TextTokenizer
 
@@ -38,8 +39,13 @@ class OrthusBackend:
     @classmethod
     def load(cls, model_dir: Path, resolution: int = 0, device: str = "cpu", dtype: torch.dtype = torch.float32,
              pad_bucket: int = 32) -> OrthusBackend:
-        parts = load_parts(model_dir, resolution, device, dtype)
         model = load_orthus(model_dir, dtype=dtype, device=device).eval()
+        if (model_dir / "vae").exists():  # a diffusers VAE beside the model (the embedded tiny checkpoints)
+            parts = load_parts(model_dir, resolution, device, dtype)
+        else:  # a published checkpoint: Chameleon's VQGAN from its own model.vqmodel.* tensors
+            vq, native = load_vq_tokenizer(model_dir, model.passthrough, device, dtype)
+            parts = ImageParts(vq, TextTokenizer(model_dir), resolution or native)
+            parts.grid  # noqa: B018 - raises now if the resolution does not fit the VQGAN
         return cls(model, parts, pad_bucket, prompt_specials(model, parts, model_dir))
 
     def _uncond(self) -> Prompt:

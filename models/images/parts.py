@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -18,9 +19,23 @@ from models.tokenizer import TextCodec, TextTokenizer
 log = logging.getLogger(__name__)
 
 
+class ImageCodec(Protocol):
+    """Images in [-1, 1] <-> tokens (B, N, C) in raster order: NextStep's tokenizer
+    (models.nextstep.vae.ImageTokenizer, also the tiny checkpoints' vae/) or Chameleon's VQGAN
+    (models.orthus.vqgan.VQTokenizer)."""
+
+    def grid(self, height: int, width: int) -> tuple[int, int]: ...
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor: ...
+
+    def decode(self, tokens: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor: ...
+
+    def parameters(self, recurse: bool = True) -> Iterator[torch.nn.Parameter]: ...
+
+
 @dataclass(slots=True)
 class ImageParts:
-    vae: ImageTokenizer
+    vae: ImageCodec
     tokenizer: TextCodec
     resolution: int
 
@@ -61,8 +76,17 @@ class ImageParts:
 
 
 def native_resolution(model_dir: Path) -> int:
-    """The square size a checkpoint was trained at: its VAE's sample_size. The shapes models' tokens each
-    cover one cell of their world, so another size would cut shapes across tokens."""
+    """The square size a checkpoint was trained at: its VAE's sample_size, or, without a vae/ directory,
+    its config.json's vq_config.resolution (an Orthus checkpoint's own VQGAN; 512 when not given). The
+    shapes models' tokens each cover one cell of their world, so another size would cut shapes across
+    tokens."""
+    if not (model_dir / "vae").exists():
+        try:
+            vq = json.loads((model_dir / "config.json").read_text()).get("vq_config")
+        except (OSError, ValueError) as e:
+            raise FileNotFoundError(f"{model_dir / 'config.json'}: {e}") from e
+        if vq is not None:
+            return int(vq.get("resolution", 512))
     try:
         return int(json.loads((model_dir / "vae" / "config.json").read_text())["sample_size"])
     except (OSError, KeyError, ValueError) as e:

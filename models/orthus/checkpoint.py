@@ -8,7 +8,8 @@ Tensor names:
 - the diffusion head: `<prefix>{input_proj,time_embed.mlp.N,cond_embed,res_blocks.N.*,final_layer.*}`. The
   brief does not give the attribute name the head sits under, so the prefix is found from the file (the
   one in front of `cond_embed.weight`) and reused on save; fresh models use DEFAULT_HEAD_PREFIX;
-- `model.vqmodel.*` (Chameleon's VQGAN) is carried through unchanged: we do not run it here.
+- `model.vqmodel.*` (Chameleon's VQGAN) is carried through unchanged (`Orthus.passthrough`); the image backend
+  builds its encoder and decoder from it when the checkpoint has no vae/ (models.orthus.vqgan).
 """
 
 from __future__ import annotations

@@ -59,9 +59,9 @@ _MATHS: dict[str, Accept] = {
 # Keys that do not change what we run: dropout (inference), training-only head settings, and
 # `diffloss_d`, which the original accepts and never uses (brief §1.1).
 _HARMLESS = COMMON_HARMLESS | {"attention_dropout", "diffloss_d", "diffusion_batch_mul"}
-# vq_config describes Chameleon's VQGAN, which Tessera carries (`model.vqmodel.*`) but does not run
-# (the image parts come from the checkpoint's vae/ directory). What it changes here: the codebook
-# size and feature width (read), and the token grid, checked against image_seq_length.
+# vq_config describes Chameleon's VQGAN (`model.vqmodel.*`). Here it gives the codebook size and
+# feature width (read) and the token grid, checked against image_seq_length; its architecture keys are
+# read by models.orthus.vqgan when the checkpoint has no vae/ directory (and validated there).
 _VQ_KNOWN = {"embed_dim", "num_embeddings", "n_embed", "resolution", "channel_multiplier"}
 _VQ_HARMLESS = COMMON_HARMLESS | {
     "model_type", "base_channels", "num_res_blocks", "attn_resolutions", "attn_type", "latent_channels",
