@@ -36,7 +36,7 @@ class ModelConfig:
     tie_word_embeddings: bool = False
     embedding_size: int | None = None  # LLaDA pads the embedding table beyond vocab_size
     mask_token_id: int | None = None
-    eos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None  # a list (as transformers allows): any of them ends a generation
     pad_token_id: int | None = None
     bos_token_id: int | None = None
     extra: dict[str, Any] | None = None  # config.json keys not read into fields, written back unchanged
@@ -56,6 +56,16 @@ class ModelConfig:
             raise ValueError("embedding_size must be >= vocab_size")
         if self.is_diffusion and self.mask_token_id is None:
             raise ValueError(f"a {self.layout} (diffusion) config needs mask_token_id")
+        eos = self.eos_token_id
+        ids = eos if isinstance(eos, list) else [] if eos is None else [eos]
+        if (eos is not None and not ids) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise ValueError(f"eos_token_id must be a token id or a non-empty list of them, got {eos!r}")
+
+    @property
+    def stop_ids(self) -> frozenset[int]:
+        """The ids that end a generation: eos_token_id, or every id of its list."""
+        eos = self.eos_token_id
+        return frozenset() if eos is None else frozenset(eos if isinstance(eos, list) else (eos,))
 
     @property
     def head_dim(self) -> int:

@@ -200,3 +200,15 @@ def test_unknown_keys_warn_and_travel(caplog: pytest.LogCaptureFixture) -> None:
         c = ModelConfig.from_hf({**DREAM_V0_INSTRUCT_7B, "my_new_flag": 3})
     assert "my_new_flag" in caplog.text
     assert c.extra is not None and c.extra["my_new_flag"] == 3 and c.to_hf()["my_new_flag"] == 3
+
+
+def test_eos_token_id_may_be_a_list_of_stop_ids() -> None:
+    base = {"model_type": "qwen2", "vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 1,
+            "num_attention_heads": 4, "intermediate_size": 64}
+    many = ModelConfig.from_hf({**base, "eos_token_id": [151643, 151645]})
+    assert many.stop_ids == {151643, 151645} and many.to_hf()["eos_token_id"] == [151643, 151645]
+    assert ModelConfig.from_hf({**base, "eos_token_id": 7}).stop_ids == {7}
+    assert ModelConfig.from_hf(base).stop_ids == frozenset()
+    for bad in ([], ["<|im_end|>"], True, [1, None]):
+        with pytest.raises(ValueError, match="eos_token_id must be a token id or a non-empty list"):
+            ModelConfig.from_hf({**base, "eos_token_id": bad})

@@ -18,7 +18,7 @@ class ARDecoder:
     def __init__(self, model: Transformer) -> None:
         if model.config.is_diffusion:
             raise ValueError(f"AR decoding needs a causal LM, got a {model.config.layout} model")
-        self.model, self.eos_id = model, model.config.eos_token_id
+        self.model, self.stop_ids = model, model.config.stop_ids
 
     @torch.inference_mode()
     def decode(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[DecodeEvent]:
@@ -33,7 +33,7 @@ class ARDecoder:
         for i in range(params.max_tokens):
             tok, _ = sample(logits, params, gen)
             t = int(tok[0])
-            if t == self.eos_id:
+            if t in self.stop_ids:
                 yield DecodeEvent([], forwards, True, "stop")
                 return
             if i == params.max_tokens - 1:

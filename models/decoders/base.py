@@ -38,8 +38,8 @@ class PrefixEmitter:
     over the moment that EOS becomes part of the final prefix.
     """
 
-    def __init__(self, mask_id: int | None, eos_id: int | None) -> None:
-        self.mask_id, self.eos_id = mask_id, eos_id
+    def __init__(self, mask_id: int | None, stop_ids: frozenset[int]) -> None:
+        self.mask_id, self.stop_ids = mask_id, stop_ids
         self.emitted = 0
         self.stopped = False
 
@@ -53,11 +53,21 @@ class PrefixEmitter:
             if len(holes):
                 rest = rest[: int(holes[0])]
         new = rest.tolist()
-        if self.eos_id is not None and self.eos_id in new:
-            new = new[: new.index(self.eos_id)]
+        stop = first_stop(new, self.stop_ids)
+        if stop is not None:
+            new = new[:stop]
             self.stopped = True
         self.emitted += len(new)
         return new
+
+
+def first_stop(tokens: list[int], stop_ids: frozenset[int]) -> int | None:
+    """Index of the first token of `tokens` that ends a generation, None if there is none."""
+    if stop_ids:
+        for i, t in enumerate(tokens):
+            if t in stop_ids:
+                return i
+    return None
 
 
 def model_device(model: Transformer) -> torch.device:

@@ -87,7 +87,7 @@ class D2FDecoder:
         mc = model.config
         if mc.mask_token_id is None:
             raise ValueError("D2F decoding needs a model with mask_token_id")
-        self.mask_id, self.eos_id = mc.mask_token_id, mc.eos_token_id
+        self.mask_id, self.stop_ids = mc.mask_token_id, mc.stop_ids
 
     @torch.inference_mode()
     def decode(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[DecodeEvent]:
@@ -98,7 +98,7 @@ class D2FDecoder:
         ids = block_ids(p, p + n, cfg.block_size, dev)
         cache = self.model.new_cache(1, p + n)
         gen = params.generator(dev)
-        emit = PrefixEmitter(self.mask_id, self.eos_id)
+        emit = PrefixEmitter(self.mask_id, self.stop_ids)
         shift = self.model.config.shift_logits
         carry: torch.Tensor | None = None  # logits of the last cached position (shifted models)
         blocks = [Block(0, p, State.TO_CACHE, 0, True)]
@@ -161,4 +161,7 @@ class D2FDecoder:
             offset += k
 
     def _saw_eos(self, x: torch.Tensor, p: int, length: int) -> bool:
-        return self.eos_id is not None and bool((x[p:length] == self.eos_id).any())
+        if not self.stop_ids:
+            return False
+        stops = torch.tensor(sorted(self.stop_ids), dtype=x.dtype, device=x.device)
+        return bool(torch.isin(x[p:length], stops).any())

@@ -47,7 +47,7 @@ class FastDLLMDecoder:
         mc = model.config
         if mc.mask_token_id is None:
             raise ValueError("Fast-dLLM decoding needs a model with mask_token_id")
-        self.mask_id, self.eos_id = mc.mask_token_id, mc.eos_token_id
+        self.mask_id, self.stop_ids = mc.mask_token_id, mc.stop_ids
 
     @torch.inference_mode()
     def decode(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[DecodeEvent]:
@@ -56,7 +56,7 @@ class FastDLLMDecoder:
         x = torch.full((p + n,), self.mask_id, dtype=torch.long, device=dev)
         x[:p] = torch.tensor(prompt_ids, device=dev)
         gen = params.generator(dev)
-        emit = PrefixEmitter(self.mask_id, self.eos_id)
+        emit = PrefixEmitter(self.mask_id, self.stop_ids)
         cache = self.model.new_cache(1, p + n)
         shift = self.model.config.shift_logits
         forwards = 0

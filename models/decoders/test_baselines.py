@@ -30,7 +30,7 @@ def test_transfer_schedule_splits_evenly() -> None:
 
 
 def test_prefix_emitter_waits_for_holes_and_stops_at_eos() -> None:
-    em = PrefixEmitter(MASK, EOS)
+    em = PrefixEmitter(MASK, frozenset({EOS}))
     assert em.take(torch.tensor([5, MASK, 7])) == [5]
     assert em.take(torch.tensor([5, 6, 7, MASK])) == [6, 7]
     assert em.take(torch.tensor([5, 6, 7, 8, EOS, 9])) == [8]

@@ -126,6 +126,30 @@ def test_greedy_batched_equals_each_request_decoded_alone(models: dict[str, Tran
 
 
 @pytest.mark.parametrize("method", list(METHODS))
+def test_every_id_of_an_eos_list_ends_a_generation(models: dict[str, Transformer], tok: TextTokenizer,
+                                                   method: str) -> None:
+    """config.json may give eos_token_id as a list (transformers: any of them stops). With the full stop
+    added to the tiny models' EOS, every answer ends at its first "." (finish "stop"), alone and batched:
+    the stop only cuts, it changes no token before it (block-causal: no block sees a later one)."""
+    model, params, dot = models[method], SamplingParams(max_tokens=96), tok.token_id(".")
+    assert dot is not None
+    full = [alone(model, method, p, params)[0] for p in prompts(tok)]
+    assert all(dot in f for f in full)  # each answer has a "." before its end: the test bites
+    want = [f[: f.index(dot)] for f in full]
+    eos = model.config.eos_token_id
+    model.config.eos_token_id = [eos, dot]  # type: ignore[list-item]
+    try:
+        assert [alone(model, method, p, params)[0] for p in prompts(tok)] == want
+        core = EngineCore(model, EngineConfig(max_num_seqs=8))
+        runs = [sequence(model, method, p, params, tok) for p in prompts(tok)]
+        run_core(core, [s for s, _ in runs], join_after=2)
+        for (_, out), w in zip(runs, want, strict=True):
+            assert out.error is None and out.tokens == w and out.deltas[-1].finish_reason == "stop"
+    finally:
+        model.config.eos_token_id = eos
+
+
+@pytest.mark.parametrize("method", list(METHODS))
 def test_seeded_samples_do_not_depend_on_batch_mates(models: dict[str, Transformer], tok: TextTokenizer,
                                                      method: str) -> None:
     model = models[method]

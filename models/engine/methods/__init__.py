@@ -20,13 +20,13 @@ def make_state(model: Transformer, decoder: Decoder, prompt: list[int],
     if isinstance(decoder, D2FDecoder):
         assert mc.mask_token_id is not None
         return D2FSeq(prompt, decoder.cfg.gen_tokens(params.max_tokens), decoder.cfg, mc.mask_token_id,
-                      mc.eos_token_id, mc.shift_logits)
+                      mc.stop_ids, mc.shift_logits)
     if isinstance(decoder, FastDLLMDecoder):
         assert mc.mask_token_id is not None
-        return FastDLLMSeq(prompt, params.max_tokens, decoder.cfg, mc.mask_token_id, mc.eos_token_id,
+        return FastDLLMSeq(prompt, params.max_tokens, decoder.cfg, mc.mask_token_id, mc.stop_ids,
                            mc.shift_logits)
     if decoder.name == "ar":
-        return ARSeq(prompt, params.max_tokens, mc.eos_token_id)
+        return ARSeq(prompt, params.max_tokens, mc.stop_ids)
     return SoloSeq(decoder, prompt, params)
 
 

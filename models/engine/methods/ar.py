@@ -14,8 +14,8 @@ NEVER = 2.0  # no confidence is above it: AR commits its one sample whatever its
 class ARSeq(SeqState):
     threshold = NEVER
 
-    def __init__(self, prompt: list[int], max_tokens: int, eos_id: int | None) -> None:
-        self.prompt, self.max_tokens, self.eos_id = prompt, max_tokens, eos_id
+    def __init__(self, prompt: list[int], max_tokens: int, stop_ids: frozenset[int]) -> None:
+        self.prompt, self.max_tokens, self.stop_ids = prompt, max_tokens, stop_ids
         self.generated = 0
         self.last: int | None = None
         self.cached = 0
@@ -34,7 +34,7 @@ class ARSeq(SeqState):
     def advance(self, tokens: list[int], over: list[bool], conf: list[float], rows: torch.Tensor) -> list[int]:
         self.cached += len(self.prompt) if self.last is None else 1
         t = tokens[0]
-        if t == self.eos_id:
+        if t in self.stop_ids:
             self._finish("stop")
             return []
         self.generated += 1

@@ -13,6 +13,7 @@ from typing import Protocol
 import torch
 
 from models.decoders import FinishReason
+from models.decoders.base import first_stop
 
 BIDIRECTIONAL = 1 << 40  # a mask prefix past any position: every key is block 0 (Fast-dLLM's full attention)
 
@@ -69,18 +70,18 @@ class DiffusionSeqState(SeqState):
     p: int  # prompt length
     emitted: int  # generated tokens already final
     mask_id: int
-    eos_id: int | None
+    stop_ids: frozenset[int]  # the ids that end the generation (ModelConfig.stop_ids)
 
     def _take(self, end: int) -> list[int]:
         """The newly final prefix of the generation in x[:end]."""
-        new, stopped = final_prefix(self.x, self.p + self.emitted, end, self.mask_id, self.eos_id)
+        new, stopped = final_prefix(self.x, self.p + self.emitted, end, self.mask_id, self.stop_ids)
         if stopped:
             self._finish("stop")
         self.emitted += len(new)
         return new
 
 
-def final_prefix(x: list[int], start: int, end: int, mask_id: int, eos_id: int | None) -> tuple[list[int], bool]:
+def final_prefix(x: list[int], start: int, end: int, mask_id: int, stop_ids: frozenset[int]) -> tuple[list[int], bool]:
     """The tokens of x[start:end] before its first MASK (final: diffusion decoding never revises a
     committed token), cut at the first EOS; and whether that EOS ended the generation
     (models.decoders.base.PrefixEmitter's rule, on plain lists)."""
@@ -88,8 +89,9 @@ def final_prefix(x: list[int], start: int, end: int, mask_id: int, eos_id: int |
     while i < end and x[i] != mask_id:
         new.append(x[i])
         i += 1
-    if eos_id is not None and eos_id in new:
-        return new[: new.index(eos_id)], True
+    stop = first_stop(new, stop_ids)
+    if stop is not None:
+        return new[:stop], True
     return new, False
 
 

@@ -28,9 +28,9 @@ class Lean:
 
 
 class D2FSeq(DiffusionSeqState):
-    def __init__(self, prompt: list[int], max_tokens: int, cfg: D2FConfig, mask_id: int, eos_id: int | None,
+    def __init__(self, prompt: list[int], max_tokens: int, cfg: D2FConfig, mask_id: int, stop_ids: frozenset[int],
                  shift: bool) -> None:
-        self.cfg, self.mask_id, self.eos_id, self.shift = cfg, mask_id, eos_id, shift
+        self.cfg, self.mask_id, self.stop_ids, self.shift = cfg, mask_id, stop_ids, shift
         self.p, self.n = len(prompt), max_tokens
         self.x = [*prompt, *([mask_id] * max_tokens)]
         self.blocks = [Block(0, self.p, State.TO_CACHE, 0, True)]
@@ -104,7 +104,7 @@ class D2FSeq(DiffusionSeqState):
             for i in chosen:
                 t = tokens[off + i]
                 x[span[i]] = t
-                self.eos = self.eos or t == self.eos_id
+                self.eos = self.eos or t in self.stop_ids
             b.masked -= len(chosen)
             off += k
         done_before = True

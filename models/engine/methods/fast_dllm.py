@@ -11,9 +11,9 @@ from models.engine.methods.base import BIDIRECTIONAL, DiffusionSeqState, Window,
 
 
 class FastDLLMSeq(DiffusionSeqState):
-    def __init__(self, prompt: list[int], max_tokens: int, cfg: FastDLLMConfig, mask_id: int, eos_id: int | None,
+    def __init__(self, prompt: list[int], max_tokens: int, cfg: FastDLLMConfig, mask_id: int, stop_ids: frozenset[int],
                  shift: bool) -> None:
-        self.cfg, self.mask_id, self.eos_id, self.shift = cfg, mask_id, eos_id, shift
+        self.cfg, self.mask_id, self.stop_ids, self.shift = cfg, mask_id, stop_ids, shift
         self.p, self.total = len(prompt), len(prompt) + max_tokens
         self.x = [*prompt, *([mask_id] * max_tokens)]
         self.bstart = self.p
