@@ -23,13 +23,14 @@ import torch
 from diffusers import AutoencoderKL
 from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
+from models.nextstep.vae import ldm_blocks
+
 # AutoEncoderParams' fields and defaults in the original code (a key absent from config.json).
 ORIGINAL_DEFAULTS: dict[str, Any] = {
     "resolution": 256, "in_channels": 3, "ch": 128, "out_ch": 3, "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2,
     "z_channels": 16, "scaling_factor": 0.3611, "shift_factor": 0.1159, "deterministic": False,
     "encoder_norm": False, "psz": None,
 }
-GROUPS = 32  # the original's GroupNorm(num_groups=32) everywhere
 
 
 def original_params(src: Path) -> dict[str, Any]:
@@ -44,15 +45,10 @@ def diffusers_config(p: dict[str, Any]) -> dict[str, Any]:
         # The original then normalises each latent position over its channels, not each patch token.
         raise ValueError("encoder_norm without psz normalises per latent position; Tessera's token "
                          "contract normalises 2x2 patch tokens (psz 2)")
-    levels = len(p["ch_mult"])
-    channels = [p["ch"] * m for m in p["ch_mult"]]
-    if any(c % GROUPS for c in channels):
-        raise ValueError(f"every level's channels must be a multiple of {GROUPS} (GroupNorm), got {channels}")
     return {
+        **ldm_blocks(p["ch"], p["ch_mult"], p["num_res_blocks"]),
         "in_channels": p["in_channels"], "out_channels": p["out_ch"],
-        "down_block_types": ["DownEncoderBlock2D"] * levels, "up_block_types": ["UpDecoderBlock2D"] * levels,
-        "block_out_channels": channels, "layers_per_block": p["num_res_blocks"], "act_fn": "silu",
-        "latent_channels": p["z_channels"], "norm_num_groups": GROUPS, "sample_size": p["resolution"],
+        "latent_channels": p["z_channels"], "sample_size": p["resolution"],
         "scaling_factor": p["scaling_factor"], "shift_factor": p["shift_factor"], "use_quant_conv": False,
         "use_post_quant_conv": False, "mid_block_add_attention": True, "force_upcast": False,
     }

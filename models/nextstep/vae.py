@@ -55,6 +55,28 @@ def token_layer_norm(tokens: torch.Tensor) -> torch.Tensor:
     return F.layer_norm(tokens, tokens.shape[-1:], eps=TOKEN_NORM_EPS)
 
 
+def image_grid(height: int, width: int, factor: int) -> tuple[int, int]:
+    """Tokens per side of an image whose sides are divided by `factor`; raises if one is not a multiple."""
+    if height % factor or width % factor:
+        raise ValueError(f"image {height}x{width} not divisible by {factor}")
+    return height // factor, width // factor
+
+
+LDM_GROUPS = 32  # the originals' GroupNorm(32, eps 1e-6) in every LDM / taming VAE block
+
+
+def ldm_blocks(base_channels: int, channel_multiplier: list[int], layers_per_block: int) -> dict[str, Any]:
+    """The diffusers block config of an LDM / taming VAE (Flux's and Chameleon's): one level per
+    multiplier, no attention inside the levels, silu, GroupNorm(32)."""
+    levels = len(channel_multiplier)
+    channels = [base_channels * m for m in channel_multiplier]
+    if any(c % LDM_GROUPS for c in channels):
+        raise ValueError(f"every level's channels must be a multiple of {LDM_GROUPS} (GroupNorm), got {channels}")
+    return {"down_block_types": ["DownEncoderBlock2D"] * levels, "up_block_types": ["UpDecoderBlock2D"] * levels,
+            "block_out_channels": channels, "layers_per_block": layers_per_block, "act_fn": "silu",
+            "norm_num_groups": LDM_GROUPS}
+
+
 def square_grid(num_tokens: int) -> tuple[int, int]:
     side = round(num_tokens ** 0.5)
     if side * side != num_tokens:
@@ -110,10 +132,7 @@ class ImageTokenizer(nn.Module):
         return self.downsample * self.patch_size
 
     def grid(self, height: int, width: int) -> tuple[int, int]:
-        f = self.down_factor
-        if height % f or width % f:
-            raise ValueError(f"image {height}x{width} not divisible by {f}")
-        return height // f, width // f
+        return image_grid(height, width, self.down_factor)
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:

@@ -23,11 +23,10 @@ from diffusers import VQModel
 from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 from torch import nn
 
-from models.nextstep.vae import patchify, unpatchify
+from models.nextstep.vae import image_grid, ldm_blocks, patchify, unpatchify
 
 PREFIX = "model.vqmodel."
 RESCALE = 0.0078  # ChameleonImageProcessor's rescale_factor; image_mean = image_std = 1.0
-GROUPS = 32  # taming's Normalize: GroupNorm(32, eps 1e-6)
 # transformers' ChameleonVQVAEConfig defaults (a key absent from config.json's vq_config).
 VQ_DEFAULTS: dict[str, Any] = {
     "embed_dim": 256, "num_embeddings": 8192, "double_latent": False, "latent_channels": 256, "resolution": 512,
@@ -52,16 +51,10 @@ def vq_params(model_dir: Path) -> dict[str, Any]:
 
 
 def diffusers_vq_config(p: dict[str, Any]) -> dict[str, Any]:
-    levels = len(p["channel_multiplier"])
-    channels = [p["base_channels"] * m for m in p["channel_multiplier"]]
-    if any(c % GROUPS for c in channels):
-        raise ValueError(f"every level's channels must be a multiple of {GROUPS} (GroupNorm), got {channels}")
     return {
-        "in_channels": p["in_channels"], "out_channels": p["in_channels"],
-        "down_block_types": ["DownEncoderBlock2D"] * levels, "up_block_types": ["UpDecoderBlock2D"] * levels,
-        "block_out_channels": channels, "layers_per_block": p["num_res_blocks"], "act_fn": "silu",
-        "latent_channels": p["latent_channels"], "sample_size": p["resolution"],
-        "num_vq_embeddings": p["num_embeddings"], "norm_num_groups": GROUPS, "vq_embed_dim": p["embed_dim"],
+        **ldm_blocks(p["base_channels"], p["channel_multiplier"], p["num_res_blocks"]),
+        "in_channels": p["in_channels"], "out_channels": p["in_channels"], "latent_channels": p["latent_channels"],
+        "sample_size": p["resolution"], "num_vq_embeddings": p["num_embeddings"], "vq_embed_dim": p["embed_dim"],
         "scaling_factor": 1.0, "norm_type": "group", "mid_block_add_attention": True, "lookup_from_codebook": False,
         "force_upcast": False,
     }
@@ -106,10 +99,7 @@ class VQTokenizer(nn.Module):
         return self.downsample
 
     def grid(self, height: int, width: int) -> tuple[int, int]:
-        f = self.down_factor
-        if height % f or width % f:
-            raise ValueError(f"image {height}x{width} not divisible by {f}")
-        return height // f, width // f
+        return image_grid(height, width, self.down_factor)
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
