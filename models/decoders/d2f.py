@@ -88,6 +88,7 @@ class D2FDecoder:
         if mc.mask_token_id is None:
             raise ValueError("D2F decoding needs a model with mask_token_id")
         self.mask_id, self.stop_ids = mc.mask_token_id, mc.stop_ids
+        self._stops = torch.tensor(sorted(self.stop_ids), dtype=torch.long, device=model_device(model))
 
     @torch.inference_mode()
     def decode(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[DecodeEvent]:
@@ -161,7 +162,4 @@ class D2FDecoder:
             offset += k
 
     def _saw_eos(self, x: torch.Tensor, p: int, length: int) -> bool:
-        if not self.stop_ids:
-            return False
-        stops = torch.tensor(sorted(self.stop_ids), dtype=x.dtype, device=x.device)
-        return bool(torch.isin(x[p:length], stops).any())
+        return bool(self.stop_ids) and bool(torch.isin(x[p:length], self._stops).any())
