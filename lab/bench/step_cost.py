@@ -9,7 +9,7 @@ decodes makes b tokens, so b * step(1) / step(b) is the most aggregate TPS at co
 over batch 1 in steady state; a served workload also pays its prompts, its ragged tail and its
 clients, so it stays below that.
 
-    python -m lab.bench.step_cost --batches 1,4,16,64 --rounds 3 [--json]
+    python -m lab.bench.step_cost --batches 1,4,16,64 --rounds 3 [--device cuda] [--json]
 """
 
 from __future__ import annotations
@@ -35,12 +35,14 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--seed", type=int, default=9090)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (a GPU step is weight- or launch-bound)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     batches = [int(x) for x in args.batches.split(",")]
     ckpt, method, opts, policy = methods()[args.method]
-    engine = TextEngine(ckpt, method, opts, config=EngineConfig(max_num_seqs=max(batches), adaptive=policy))
+    engine = TextEngine(ckpt, method, opts, device=args.device,
+                        config=EngineConfig(max_num_seqs=max(batches), adaptive=policy))
     params = SamplingParams(max_tokens=args.max_tokens)
     problems = fresh_problems(sum(batches) * args.rounds + 8, args.seed)
     engine.generate([p.question for p in problems[:8]], params)  # warm-up
