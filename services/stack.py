@@ -31,7 +31,7 @@ from services.gateway.auth import hash_key
 from services.gateway.config import GatewayConfig
 from services.gateway.server import Gateway
 from services.queue.kinds import Service
-from services.queue.redis_server import FSYNC_POLICIES, RedisServer
+from services.queue.redis_server import FSYNC_POLICIES, RedisServer, free_port
 from services.workers import serve_config
 from services.workers.protocol import WORKER_TOKEN_ENV
 
@@ -86,7 +86,10 @@ async def run(args: argparse.Namespace) -> None:
     # The worker API's credential for this run: the replicas (Ray's runtime env), the gateway and its
     # dispatchers (this process) share it; nothing else on the machine has it.
     os.environ.setdefault(WORKER_TOKEN_ENV, secrets.token_urlsafe(24))
-    redis = RedisServer(port=args.redis_port, data_dir=ROOT / ".tessera" / "redis", fsync=args.redis_fsync).start()
+    # A free port for Redis, never one this run binds later (the OS could hand out the gateway's 50051).
+    fixed = {args.port, args.metrics_port, apps.grpc_options.port, apps.http_options.port}
+    redis = RedisServer(port=args.redis_port or free_port(avoid=fixed), data_dir=ROOT / ".tessera" / "redis",
+                        fsync=args.redis_fsync).start()
     log.info("redis-server %s on port %d (append-only file in %s, fsync %s)", redis.binary, redis.port, redis.dir,
              redis.fsync)
     gateway: Gateway | None = None

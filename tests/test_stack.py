@@ -39,3 +39,25 @@ def test_the_dev_key_joins_the_configured_keys() -> None:
     assert with_key("", "dev:abc") == "dev:abc"
     assert with_key("team:111:5, ops:222", "dev:abc") == "team:111:5,ops:222,dev:abc"
     assert with_key("dev:abc,team:111", "dev:abc") == "dev:abc,team:111"  # a second run adds nothing
+
+
+def test_redis_never_gets_a_port_the_stack_binds_later(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The OS's ephemeral range holds 50051: make run once started Redis there, then the gateway could
+    # not bind. free_port keeps each refused port bound until it has one outside `avoid`.
+    offered, closed = iter([50051, 9464, 41234]), []
+
+    class FakeSocket:
+        def bind(self, addr: tuple[str, int]) -> None:
+            self.port = next(offered)
+
+        def getsockname(self) -> tuple[str, int]:
+            return ("127.0.0.1", self.port)
+
+        def close(self) -> None:
+            closed.append(self.port)
+
+    import services.queue.redis_server as rs
+
+    monkeypatch.setattr(rs.socket, "socket", FakeSocket)
+    assert rs.free_port(avoid={50051, 9464, 9000}) == 41234
+    assert sorted(closed) == [9464, 41234, 50051]  # every probe released

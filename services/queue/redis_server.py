@@ -14,6 +14,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 import redis
@@ -31,10 +32,21 @@ def redis_binary() -> str:
     return str(bundled)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port(avoid: Collection[int] = ()) -> int:
+    """A port free on loopback now, none of `avoid`: the OS hands out ephemeral ports (32768-60999 on
+    Linux), a range that holds fixed ports other parts bind later (the gateway's 50051)."""
+    held: list[socket.socket] = []
+    try:
+        while True:
+            s = socket.socket()
+            held.append(s)  # kept bound while we look, so the OS offers another port next
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+            if port not in avoid:
+                return int(port)
+    finally:
+        for s in held:
+            s.close()
 
 
 FSYNC_POLICIES = ("always", "everysec", "no")
