@@ -21,9 +21,8 @@ from typing import Any
 
 import torch
 from diffusers import AutoencoderKL
-from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
-from models.nextstep.vae import ldm_blocks
+from models.nextstep.vae import ldm_blocks, load_ldm_weights
 
 # AutoEncoderParams' fields and defaults in the original code (a key absent from config.json).
 ORIGINAL_DEFAULTS: dict[str, Any] = {
@@ -67,15 +66,9 @@ def convert(src: Path, out: Path, dtype: torch.dtype = torch.float32) -> Autoenc
     original must land in the diffusers model and every diffusers tensor must come from it."""
     params = original_params(src)
     cfg = diffusers_config(params)
-    state = load_original_state(src)
-    converted = convert_ldm_vae_checkpoint(state, cfg)
     vae = AutoencoderKL(**cfg)
-    missing, unexpected = vae.load_state_dict(converted, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"the checkpoint does not fit the architecture of its config: missing {sorted(missing)[:8]}, "
-                         f"unexpected {sorted(unexpected)[:8]}")
-    if sum(t.numel() for t in converted.values()) != sum(t.numel() for t in state.values()):
-        raise ValueError("some original tensors were not converted")
+    load_ldm_weights(vae, load_original_state(src), cfg, "the checkpoint does not fit the architecture of its config",
+                     "original")
     vae = vae.to(dtype).eval()
     out.mkdir(parents=True, exist_ok=True)
     vae.save_pretrained(str(out))

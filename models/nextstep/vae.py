@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
+from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 from torch import nn
 
 NEXTSTEP_SCALE, NEXTSTEP_SHIFT = 1.0, 0.0
@@ -75,6 +76,20 @@ def ldm_blocks(base_channels: int, channel_multiplier: list[int], layers_per_blo
     return {"down_block_types": ["DownEncoderBlock2D"] * levels, "up_block_types": ["UpDecoderBlock2D"] * levels,
             "block_out_channels": channels, "layers_per_block": layers_per_block, "act_fn": "silu",
             "norm_num_groups": LDM_GROUPS}
+
+
+def load_ldm_weights(model: nn.Module, state: dict[str, torch.Tensor], cfg: dict[str, Any], unfit: str, source: str,
+                     extra: dict[str, torch.Tensor] | None = None) -> None:
+    """Load an LDM / taming-layout state dict (`encoder.down.{i}.block.{j}...`) into the diffusers VAE
+    `model` built from `cfg`, names mapped by diffusers' own LDM-VAE converter; `extra`: tensors already
+    under diffusers' names. Every tensor must land and every parameter must come from one (`unfit`,
+    `source`: what the errors call the mismatch and the tensors)."""
+    converted = {**convert_ldm_vae_checkpoint(state, cfg), **(extra or {})}
+    missing, unexpected = model.load_state_dict(converted, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{unfit}: missing {sorted(missing)[:8]}, unexpected {sorted(unexpected)[:8]}")
+    if sum(t.numel() for t in converted.values()) != sum(t.numel() for t in state.values()):
+        raise ValueError(f"some {source} tensors were not converted")
 
 
 def square_grid(num_tokens: int) -> tuple[int, int]:

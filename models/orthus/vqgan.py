@@ -20,10 +20,9 @@ from typing import Any
 
 import torch
 from diffusers import VQModel
-from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 from torch import nn
 
-from models.nextstep.vae import image_grid, ldm_blocks, patchify, unpatchify
+from models.nextstep.vae import image_grid, ldm_blocks, load_ldm_weights, patchify, square_grid, unpatchify
 
 PREFIX = "model.vqmodel."
 RESCALE = 0.0078  # ChameleonImageProcessor's rescale_factor; image_mean = image_std = 1.0
@@ -67,17 +66,11 @@ def build_vqmodel(tensors: Mapping[str, torch.Tensor], p: dict[str, Any]) -> VQM
         raise ValueError("the checkpoint has no VQGAN decoder (model.vqmodel.decoder.*): Orthus checkpoints carry "
                          "it; a Chameleon one does not, and cannot turn latents into pixels")
     cfg = diffusers_vq_config(p)
-    converted = convert_ldm_vae_checkpoint(sd, cfg)
-    if "quantize.embedding.weight" in sd:  # not run (no VQ step), loaded so that nothing is left random
-        converted["quantize.embedding.weight"] = sd["quantize.embedding.weight"]
     vq = VQModel(**cfg)
-    missing, unexpected = vq.load_state_dict(converted, strict=False)
-    missing = [k for k in missing if k != "quantize.embedding.weight"]
-    if missing or unexpected:
-        raise ValueError(f"model.vqmodel.* does not fit vq_config: missing {sorted(missing)[:8]}, "
-                         f"unexpected {sorted(unexpected)[:8]}")
-    if sum(t.numel() for t in converted.values()) != sum(t.numel() for t in sd.values()):
-        raise ValueError("some model.vqmodel.* tensors were not converted")
+    # The codebook is not run (no VQ step): the checkpoint's when it has one, else the one built.
+    key = "quantize.embedding.weight"
+    code = {key: sd.get(key, vq.quantize.embedding.weight.detach())}
+    load_ldm_weights(vq, {**sd, **code}, cfg, "model.vqmodel.* does not fit vq_config", "model.vqmodel.*", extra=code)
     return vq.eval()
 
 
@@ -88,7 +81,6 @@ class VQTokenizer(nn.Module):
     def __init__(self, vq: VQModel) -> None:
         super().__init__()
         self.vq = vq
-        self.downsample = 2 ** (len(vq.config.block_out_channels) - 1)
 
     @property
     def token_dim(self) -> int:
@@ -96,7 +88,7 @@ class VQTokenizer(nn.Module):
 
     @property
     def down_factor(self) -> int:
-        return self.downsample
+        return 2 ** (len(self.vq.config.block_out_channels) - 1)  # every level but the last halves
 
     def grid(self, height: int, width: int) -> tuple[int, int]:
         return image_grid(height, width, self.down_factor)
@@ -110,11 +102,9 @@ class VQTokenizer(nn.Module):
 
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
-        if grid is None:
-            side = round(tokens.shape[1] ** 0.5)
-            grid = (side, side)
         p = next(self.vq.parameters())
-        out = self.vq.decode(unpatchify(tokens, grid, 1).to(p.dtype), force_not_quantize=True).sample
+        z = unpatchify(tokens, grid or square_grid(tokens.shape[1]), 1).to(p.dtype)
+        out = self.vq.decode(z, force_not_quantize=True).sample
         return (out.float() + 1) / RESCALE / 127.5 - 1  # postprocess_pixel_values, in the layer's [-1, 1]
 
 
